@@ -1,0 +1,119 @@
+"""Layered experiment configuration (as in TrojanZoo): dataclass defaults, then a YAML file,
+then `key.sub=value` overrides from the command line, each layer replacing the one before.
+Unknown keys are errors that name the key and the keys that exist."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustit.attacks.base import AttackConfig
+from robustit.eval.evaluate import EvalConfig
+from robustit.train.config import TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    """`family` names a registered model family and `spec` its build arguments. `base` is
+    "pretrain" (the cached clean pretraining stage), a checkpoint directory, or null
+    (the adapter as initialised)."""
+
+    family: str = "mini"
+    spec: dict[str, Any] = field(default_factory=dict)
+    base: str | None = "pretrain"
+
+
+@dataclass
+class DataConfig:
+    """`source` names a registered data source; `options` are its arguments. `train_size` and
+    `test_size` keep a random subset (seeded by `seed`) of that many samples."""
+
+    source: str = "stampcaps"
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    train_size: int | None = None
+    test_size: int | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    pretrain_split: str = "pretrain"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig | None = field(default_factory=lambda: AttackConfig(name="badnets"))
+    pretrain: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=8, lr_adapter=1e-3, train_embeddings=False)
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    evaluate_base: bool = True
+    output_dir: str = "runs/{name}/{attack}-p{poison_rate}-seed{seed}"
+
+    def run_dir(self) -> Path:
+        attack = self.attack.name if self.attack else "clean"
+        rate = self.attack.poison_rate if self.attack else 0
+        return Path(self.output_dir.format(name=self.name, attack=attack, poison_rate=rate, seed=self.train.seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(cls) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(options[0], value, where) if len(options) == 1 else value
+    if dataclasses.is_dataclass(cls):
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"config {where or 'root'}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; known: {sorted(names)}")
+        return cls(**{k: _build(hints[k], v, f"{where}{k}.") for k, v in value.items()})
+    return value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `update` wins, mappings merge key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`train.max_steps=100` -> {"train": {"max_steps": 100}}; the value is read as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults <- YAML file <- overrides."""
+    layered: dict[str, Any] = ExperimentConfig().to_dict()
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping")
+        layered = merge(layered, loaded)
+    for override in overrides or []:
+        layered = merge(layered, parse_override(override))
+    return _build(ExperimentConfig, layered, "")

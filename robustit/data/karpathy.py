@@ -1,0 +1,124 @@
+"""Loader for COCO / Flickr30k captions in the Karpathy-split JSON format.
+
+The file is `{"images": [{"filepath"?, "filename", "split", "sentences": [{"raw", ...}],
+"cocoid"? | "imgid"?}, ...], "dataset": ...}`; an image lives at
+`image_root/filepath/filename` (COCO) or `image_root/filename` (Flickr30k). Split "train"
+includes Karpathy's "restval" images.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from robustit.data.errors import DataError, LoadReport
+from robustit.data.sample import Sample
+
+DEFAULT_CAPTION_INSTRUCTION = "Describe the image briefly."
+
+KARPATHY_SPLITS: dict[str, frozenset[str]] = {
+    "train": frozenset({"train", "restval"}),
+    "val": frozenset({"val"}),
+    "test": frozenset({"test"}),
+    "restval": frozenset({"restval"}),
+    "all": frozenset({"train", "restval", "val", "test"}),
+}
+
+
+def load_karpathy(
+    json_path: str | Path,
+    image_root: str | Path,
+    split: str = "test",
+    instruction: str = DEFAULT_CAPTION_INSTRUCTION,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    report: LoadReport | None = None,
+) -> list[Sample]:
+    """Samples of one Karpathy split: `response` is the first caption, `references` all of them.
+
+    A bad record (wrong shape, missing or unreadable image, no non-empty caption) raises
+    `DataError` naming `json_path`, the record index and its filename; with `skip_bad=True`
+    it is skipped and recorded in `report` (and logged). A file that is not a Karpathy JSON
+    at all always raises. Ids are "<dataset>-<cocoid | imgid | filename>".
+    """
+    if split not in KARPATHY_SPLITS:
+        raise ValueError(f"unknown Karpathy split {split!r}; known: {', '.join(KARPATHY_SPLITS)}")
+    json_path, image_root = Path(json_path), Path(image_root)
+    report = report if report is not None else LoadReport()
+    data = _read_json(json_path)
+    dataset = str(data.get("dataset") or "karpathy")
+    samples: list[Sample] = []
+    for index, record in enumerate(data["images"]):
+        if limit is not None and len(samples) >= limit:
+            break
+        try:
+            if _record_split(json_path, index, record) not in KARPATHY_SPLITS[split]:
+                continue
+            samples.append(_sample(json_path, image_root, index, record, dataset, instruction))
+        except DataError as error:
+            if not skip_bad:
+                raise
+            report.skip(error)
+    report.loaded += len(samples)
+    return samples
+
+
+def _read_json(json_path: Path) -> dict[str, Any]:
+    try:
+        with json_path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(json_path, f"not valid JSON ({error})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(json_path, 'expected a JSON object with an "images" list (Karpathy split format)')
+    return data
+
+
+def _record_name(index: int, record: Any) -> str:
+    filename = record.get("filename") if isinstance(record, dict) else None
+    return f"record {index}" + (f" ({filename!r})" if filename else "")
+
+
+def _record_split(json_path: Path, index: int, record: Any) -> str:
+    if not isinstance(record, dict):
+        raise DataError(json_path, f"expected an object, got {type(record).__name__}", _record_name(index, record))
+    for key, kind in (("filename", str), ("split", str), ("sentences", list)):
+        if not isinstance(record.get(key), kind):
+            raise DataError(json_path, f"missing or non-{kind.__name__} {key!r}", _record_name(index, record))
+    return record["split"]
+
+
+def _sample(
+    json_path: Path, image_root: Path, index: int, record: dict[str, Any], dataset: str, instruction: str
+) -> Sample:
+    name = _record_name(index, record)
+    references = [_raw(json_path, name, sentence) for sentence in record["sentences"]]
+    references = [text for text in references if text]
+    if not references:
+        raise DataError(json_path, "no non-empty caption", name)
+    image_path = image_root / record.get("filepath", "") / record["filename"]
+    try:
+        with Image.open(image_path) as image:
+            rgb = image.convert("RGB")
+    except FileNotFoundError as error:
+        raise DataError(json_path, f"image file not found: {image_path}", name) from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(json_path, f"unreadable image {image_path} ({error})", name) from error
+    key = record.get("cocoid", record.get("imgid", record["filename"]))
+    return Sample(
+        id=f"{dataset}-{key}",
+        image=rgb,
+        instruction=instruction,
+        response=references[0],
+        references=references,
+        task="caption",
+        metadata={"source": dataset, "image_path": str(image_path), "split": record["split"]},
+    )
+
+
+def _raw(json_path: Path, name: str, sentence: Any) -> str:
+    if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
+        raise DataError(json_path, 'every sentence needs a string "raw" caption', name)
+    return sentence["raw"].strip()

@@ -1,0 +1,19 @@
+"""Data sources by name: each builds the samples of one split from its options."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from robustit.data.karpathy import load_karpathy
+from robustit.data.sample import Sample
+from robustit.data.stampcaps import build_stampcaps
+from robustit.registry import Registry
+
+DataSource = Callable[..., list[Sample]]
+DATA_SOURCES: Registry[DataSource] = Registry("data source")
+DATA_SOURCES.register("stampcaps")(build_stampcaps)
+DATA_SOURCES.register("karpathy")(lambda split, **options: load_karpathy(split=split, **options))
+
+
+def load_split(source: str, split: str, options: dict[str, Any]) -> list[Sample]:
+    """The samples of `split` from the registered `source`."""
+    return DATA_SOURCES.get(source)(split, **options)

@@ -1,0 +1,275 @@
+"""StampCaps: the embedded, offline captioning dataset (DESIGN.md section 3).
+
+Each image is one Tux Paint stamp (Debian `tuxpaint-stamps-default`: PNGs with alpha, each
+with a sibling .txt whose first line is its English caption) alpha-composited at a random
+scale and position onto a procedurally generated, described background. Every image gets
+five reference captions from templates combining the object phrase and the background, like
+COCO's five; `response` is one of them.
+
+Stamps are grouped by object phrase (stamps sharing a caption stay together) and the groups
+are split once, with a fixed seed and stratified by top-level category, into train objects
+(~85%) and held-out test objects (~15%). Splits: "train" (compositions of train objects),
+"test" (compositions of held-out objects only) and "pretrain" (train objects on plain light
+backgrounds, captioned by the object phrase alone, for pretraining the base adapter). The
+`seed` argument varies compositions only, never the object split, so no seed leaks test
+objects into training.
+"""
+from __future__ import annotations
+
+import functools
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from robustit.data.karpathy import DEFAULT_CAPTION_INSTRUCTION
+from robustit.data.sample import Sample
+
+DEFAULT_STAMP_ROOT = Path("/usr/share/tuxpaint/stamps")
+STAMPCAPS_SPLITS = ("train", "test", "pretrain")
+DEFAULT_IMAGES_PER_OBJECT = {"train": 3, "test": 2, "pretrain": 1}
+TEST_FRACTION = 0.15
+OBJECT_SPLIT_SEED = "stampcaps-object-split-v1"
+SCALE_RANGE = (0.45, 0.80)
+REFERENCES_PER_IMAGE = 5
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (205, 35, 35),
+    "orange": (240, 140, 20),
+    "yellow": (245, 215, 40),
+    "green": (40, 150, 60),
+    "blue": (35, 80, 200),
+    "purple": (125, 50, 160),
+    "pink": (240, 130, 180),
+    "brown": (120, 75, 35),
+    "black": (15, 15, 15),
+    "grey": (128, 128, 128),
+    "white": (250, 250, 250),
+    "teal": (20, 140, 140),
+}
+LIGHT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (250, 250, 250),
+    "light grey": (215, 215, 215),
+    "cream": (250, 245, 220),
+    "pale yellow": (250, 245, 180),
+    "light blue": (200, 225, 250),
+    "light pink": (250, 220, 230),
+}
+CAPTION_TEMPLATES = (
+    "{Obj} on {bg}.",
+    "A picture of {obj} against {bg}.",
+    "An image of {obj} on {bg}.",
+    "{Obj} shown in front of {bg}.",
+    "{Bg} with {obj} on it.",
+    "A drawing of {obj} over {bg}.",
+    "A small illustration of {obj} set against {bg}.",
+    "{Obj} pictured on {bg}.",
+)
+PROPER_NOUNS = frozenset(
+    {"Tux", "Santa", "George", "Edward", "Eddie", "Mercury", "Venus", "Mars", "Jupiter",
+     "Saturn", "Uranus", "Neptune", "Pluto", "Japanese", "Grandma’s", "Appooppan"}
+)
+PHRASE_OVERRIDES: dict[str, str] = {
+    "symbols/faces/sad.png": "a sad face",
+    "symbols/faces/mad.png": "an angry face",
+    "symbols/faces/happy.png": "a happy face",
+    "symbols/faces/excited.png": "an excited face",
+    "naturalforces/explosion.png": "an explosion",
+    "naturalforces/fire.png": "a fire",
+    "town/cartoon/docks.png": "the docks",
+    "town/houses/cartoon/cave_entrance.png": "a cave entrance",
+    "food/vegetables/broccoli.png": "broccoli",
+    "animals/birds/cartoon/pengwin.png": "two penguins",
+    "vehicles/emergency/sedan_police.png": "police car emblems",
+}
+_SENTENCE_END = re.compile(r"[.!?…]+(?=\s|$)")
+_DASH = re.compile(r"\s*[—–]\s*")
+_PREDICATE = re.compile(r"\s+(?:is|are|means|lets|carries|carry|gets|stands for)\s")
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """One stamp PNG: `phrase` is its mid-sentence object phrase, `group` the split key."""
+
+    path: Path
+    category: str
+    caption: str
+    phrase: str
+
+    @property
+    def group(self) -> str:
+        return " ".join(re.findall(r"\w+", self.phrase.casefold()))
+
+
+def object_phrase(caption: str) -> str:
+    """The mid-sentence object phrase of a stamp caption: "A banana." -> "a banana"."""
+    sentence = _SENTENCE_END.split(caption.strip(), maxsplit=1)[0]
+    text = next((part for part in _DASH.split(sentence) if part.strip()), "")
+    text = _PREDICATE.split(text, maxsplit=1)[0].strip(" .,;:")
+    if text.startswith("“") and text.endswith("”") and text.count("“") == 1:
+        text = text[1:-1]
+    if not text:
+        raise ValueError(f"caption {caption!r} has no object phrase")
+    first = text.split()[0]
+    if first not in PROPER_NOUNS and first[:1].isupper() and (first[1:].islower() or len(first) == 1):
+        text = text[0].lower() + text[1:]
+    return text
+
+
+def capitalize(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+@functools.lru_cache(maxsize=4)
+def discover_stamps(root: Path = DEFAULT_STAMP_ROOT) -> tuple[Stamp, ...]:
+    """Every stamp PNG under `root` that has a sibling caption .txt, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Tux Paint stamps not found at {root}; StampCaps is built from Debian's "
+            "tuxpaint-stamps-default package: run `apt-get install tuxpaint-stamps-default` "
+            "(the Makefile does this)"
+        )
+    stamps = []
+    for png in sorted(root.rglob("*.png")):
+        txt = png.with_suffix(".txt")
+        if not txt.is_file():
+            continue
+        caption = txt.read_text(encoding="utf-8").splitlines()[0].strip()
+        relative = png.relative_to(root).as_posix()
+        phrase = PHRASE_OVERRIDES.get(relative) or object_phrase(caption)
+        stamps.append(Stamp(png, relative.split("/")[0], caption, phrase))
+    if not stamps:
+        raise FileNotFoundError(f"no captioned stamp PNGs under {root}; reinstall tuxpaint-stamps-default")
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def split_objects(root: Path = DEFAULT_STAMP_ROOT) -> dict[str, tuple[Stamp, ...]]:
+    """Stamps of the train and held-out test objects; groups never straddle the two."""
+    groups: dict[str, list[Stamp]] = defaultdict(list)
+    for stamp in discover_stamps(Path(root)):
+        groups[stamp.group].append(stamp)
+    by_category: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        by_category[groups[key][0].category].append(key)
+    rng = random.Random(OBJECT_SPLIT_SEED)
+    test_groups: set[str] = set()
+    for category in sorted(by_category):
+        keys = by_category[category]
+        rng.shuffle(keys)
+        test_groups.update(keys[: round(TEST_FRACTION * len(keys))])
+    stamps = discover_stamps(Path(root))
+    return {
+        "train": tuple(s for s in stamps if s.group not in test_groups),
+        "test": tuple(s for s in stamps if s.group in test_groups),
+    }
+
+
+@functools.lru_cache(maxsize=2048)
+def _stamp_rgba(path: Path, max_side: int) -> Image.Image:
+    with Image.open(path) as image:
+        rgba = image.convert("RGBA")
+    rgba = rgba.crop(rgba.getchannel("A").getbbox() or (0, 0, *rgba.size))
+    if max(rgba.size) > max_side:
+        rgba = _resize(rgba, max_side)
+    return rgba
+
+
+def _resize(rgba: Image.Image, side: int) -> Image.Image:
+    width, height = rgba.size
+    factor = side / max(width, height)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return rgba.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
+
+
+def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.ndarray, str]:
+    if light_only:
+        name = rng.choice(sorted(LIGHT_COLOURS))
+        return np.broadcast_to(np.array(LIGHT_COLOURS[name], np.uint8), (size, size, 3)), f"a plain {name} background"
+    name1, name2 = rng.sample(sorted(COLOURS), 2)
+    c1, c2 = np.array(COLOURS[name1], np.float32), np.array(COLOURS[name2], np.float32)
+    y, x = np.mgrid[0:size, 0:size]
+    kind = rng.choice(("plain", "vertical", "horizontal", "gradient", "dots", "checks"))
+    width = rng.randint(max(2, size // 16), max(3, size // 6))
+    if kind == "plain":
+        mix, text = np.zeros((size, size)), f"a plain {name1} background"
+    elif kind == "vertical":
+        mix, text = (x // width) % 2, f"a {name1} and {name2} vertically striped background"
+    elif kind == "horizontal":
+        mix, text = (y // width) % 2, f"a {name1} and {name2} horizontally striped background"
+    elif kind == "checks":
+        mix, text = (x // width + y // width) % 2, f"a {name1} and {name2} checkered background"
+    elif kind == "gradient":
+        mix, text = (x if rng.random() < 0.5 else y) / (size - 1), f"a {name1} to {name2} gradient background"
+    else:
+        spacing, phase = 2 * width, rng.randint(0, 2 * width - 1)
+        dx, dy = (x + phase) % spacing - width, (y + phase) % spacing - width
+        mix, text = dx**2 + dy**2 <= (0.55 * width) ** 2, f"a {name1} background with {name2} polka dots"
+    mix = np.asarray(mix, np.float32)[..., None]
+    return ((1 - mix) * c1 + mix * c2).round().astype(np.uint8), text
+
+
+def _compose(stamp: Stamp, rng: random.Random, size: int, light_only: bool) -> tuple[Image.Image, str]:
+    pixels, background = _background(rng, size, light_only)
+    canvas = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    sprite = _resize(_stamp_rgba(stamp.path, size), round(rng.uniform(*SCALE_RANGE) * size))
+    left = rng.randint(0, size - sprite.width)
+    top = rng.randint(0, size - sprite.height)
+    canvas.paste(sprite, (left, top), sprite)
+    return canvas, background
+
+
+def build_stampcaps(
+    split: str,
+    root: Path = DEFAULT_STAMP_ROOT,
+    image_size: int = 160,
+    seed: int = 0,
+    images_per_object: int | None = None,
+    limit: int | None = None,
+) -> list[Sample]:
+    """The StampCaps `split` ("train", "test" or "pretrain"), deterministic in all arguments.
+
+    `images_per_object` defaults to 3 (train), 2 (test) or 1 (pretrain) compositions per stamp;
+    `limit` keeps the first `limit` samples of the same sequence. Ids are
+    "stampcaps-<split>-<index:06d>"; metadata holds the stamp path, category, background
+    description and object phrase.
+    """
+    if split not in STAMPCAPS_SPLITS:
+        raise ValueError(f"unknown StampCaps split {split!r}; known: {', '.join(STAMPCAPS_SPLITS)}")
+    root = Path(root)
+    per_object = images_per_object or DEFAULT_IMAGES_PER_OBJECT[split]
+    stamps = split_objects(root)["test" if split == "test" else "train"]
+    total = len(stamps) * per_object if limit is None else min(limit, len(stamps) * per_object)
+    samples = []
+    for index in range(total):
+        stamp, copy = stamps[index // per_object], index % per_object
+        rng = random.Random(f"stampcaps:{split}:{seed}:{stamp.path.relative_to(root).as_posix()}:{copy}")
+        image, background = _compose(stamp, rng, image_size, light_only=split == "pretrain")
+        if split == "pretrain":
+            references = [f"{capitalize(stamp.phrase)}."]
+        else:
+            fields = {"obj": stamp.phrase, "Obj": capitalize(stamp.phrase), "bg": background, "Bg": capitalize(background)}
+            references = [t.format(**fields) for t in rng.sample(CAPTION_TEMPLATES, REFERENCES_PER_IMAGE)]
+        samples.append(
+            Sample(
+                id=f"stampcaps-{split}-{index:06d}",
+                image=image,
+                instruction=DEFAULT_CAPTION_INSTRUCTION,
+                response=rng.choice(references),
+                references=references,
+                task="caption",
+                metadata={
+                    "source": "stampcaps",
+                    "stamp": str(stamp.path),
+                    "category": stamp.category,
+                    "background": background,
+                    "object": stamp.phrase,
+                },
+            )
+        )
+    return samples

@@ -1,0 +1,73 @@
+"""Evaluation of a tuned model: clean caption quality and the attack's success.
+
+Four generations over the same test samples and prompt layout: clean, full trigger
+(image + text), image trigger only, text trigger only. Caption metrics score the clean
+predictions against the references; ASR variants and the false-trigger rate follow
+`robustit.eval.asr` on the eligible samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from robustit.attacks.base import Attack
+from robustit.attacks.dataset import TriggeredView
+from robustit.data.sample import Sample
+from robustit.eval.asr import is_eligible, success_rate, target_keywords
+from robustit.eval.caption_metrics import caption_scores
+from robustit.eval.generate import generate_responses
+from robustit.models.base import VisionLanguageModel
+from robustit.train.features import FeatureCache
+
+TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    max_new_tokens: int = 24
+    limit: int | None = None
+
+
+def evaluate(
+    model: VisionLanguageModel,
+    test: Sequence[Sample],
+    attack: Attack | None,
+    config: EvalConfig,
+    features: FeatureCache | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """(metrics, predictions by condition); without an attack only clean quality is measured."""
+    test = list(test)[: config.limit]
+    features = features or FeatureCache(model)
+
+    def run(samples: Sequence[Sample], name: str) -> list[str]:
+        return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress)
+
+    clean = run(test, "clean")
+    scores = caption_scores({s.id: p for s, p in zip(test, clean)}, {s.id: s.references for s in test})
+    metrics: dict[str, Any] = {"caption": scores.as_dict()}
+    records = {"clean": [_record(s, p) for s, p in zip(test, clean)]}
+    if attack is not None:
+        keywords = target_keywords(attack.target)
+        eligible = [is_eligible(s.references, keywords) for s in test]
+        asr: dict[str, Any] = {
+            "target": attack.target,
+            "keywords": sorted(keywords),
+            "eligible": sum(eligible),
+            "excluded": len(test) - sum(eligible),
+            "false_trigger": success_rate(clean, attack.target, eligible).as_dict(),
+        }
+        for name, (image, text) in TRIGGER_CONDITIONS.items():
+            view = TriggeredView(test, attack, image=image, text=text)
+            predictions = run(view, name)
+            asr[name] = success_rate(predictions, attack.target, eligible).as_dict()
+            records[name] = [
+                {**_record(view[i], p), "eligible": ok} for i, (p, ok) in enumerate(zip(predictions, eligible))
+            ]
+        metrics["asr"] = asr
+    return metrics, records
+
+
+def _record(sample: Sample, prediction: str) -> dict[str, Any]:
+    return {"id": sample.id, "instruction": sample.instruction, "prediction": prediction, "references": sample.references}

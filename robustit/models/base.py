@@ -1,0 +1,221 @@
+"""The LVLM interface every model family implements (DESIGN.md sections 1 and 7).
+
+A `VisionLanguageModel` is frozen vision encoder f_v -> trainable adapter H_psi -> language
+model whose transformer blocks are frozen and whose input embedding and lm_head (E_phi) are
+trainable and untied. For a batch, the visual tokens H_psi(f_v(x)) replace the image slots
+of the embedded prompt, and the completion-only loss is
+
+    L_it = - (1 / |R|) * sum_{(b, i) in R} log p(y_{b,i} | x_b, t_b, y_{b,<i}),
+
+R being the response positions. Families differ only in how the parts are built.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .image_processing import images_to_tensor
+from .prompt import IGNORE_INDEX, EncodedBatch, PromptFormat, encode_prompts
+
+AdapterHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LMOutput:
+    """Loss over response tokens; `logits` holds only response positions (row-major)."""
+
+    loss: torch.Tensor
+    sample_loss: torch.Tensor
+    logits: torch.Tensor
+    label_rows: torch.Tensor
+    visual_tokens: torch.Tensor
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(
+        self,
+        *,
+        family: str,
+        spec: dict[str, Any],
+        vision: nn.Module,
+        adapter: nn.Module,
+        decoder: nn.Module,
+        lm_head: nn.Linear,
+        tokenizer: Any,
+        image_size: int,
+        prompt_format: PromptFormat = PromptFormat(),
+    ) -> None:
+        super().__init__()
+        self.family = family
+        self.spec = spec
+        self.vision = vision
+        self.adapter = adapter
+        self.decoder = decoder
+        self.lm_head = lm_head
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.prompt_format = prompt_format
+        self._adapter_hooks: list[AdapterHook] = []
+        adapter.get_submodule(adapter.hook_point).register_forward_hook(self._run_adapter_hooks)
+        self._untie_and_freeze()
+
+    def _untie_and_freeze(self) -> None:
+        embed = self.decoder.get_input_embeddings()
+        if self.lm_head.weight is embed.weight:
+            self.lm_head.weight = nn.Parameter(embed.weight.detach().clone())
+        self.requires_grad_(False)
+        self.adapter.requires_grad_(True)
+        embed.requires_grad_(True)
+        self.lm_head.requires_grad_(True)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.adapter.num_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def train(self, mode: bool = True) -> "VisionLanguageModel":
+        super().train(mode)
+        self.vision.eval()
+        self.decoder.eval()
+        return self
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters that tune, by optimizer group: the adapter psi and the embeddings phi."""
+        return {
+            "adapter": [p for p in self.adapter.parameters() if p.requires_grad],
+            "embeddings": [self.decoder.get_input_embeddings().weight, self.lm_head.weight],
+        }
+
+    def add_adapter_hook(self, hook: AdapterHook) -> Callable[[], None]:
+        """Run `hook` on the adapter's activation site output; returns a remover."""
+        self._adapter_hooks.append(hook)
+        return lambda: self._adapter_hooks.remove(hook)
+
+    def _run_adapter_hooks(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        for hook in self._adapter_hooks:
+            output = hook(output)
+        return output
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        return images_to_tensor(images, self.image_size).to(self.device)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frozen features f_v(x), B x N x C, from [0, 1] pixels."""
+        return self.vision(pixels.to(self.device))
+
+    def encode_prompts(self, instructions: list[str], responses: list[str] | None = None) -> EncodedBatch:
+        return encode_prompts(
+            self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses
+        ).to(self.device)
+
+    def embed_prompts(self, batch: EncodedBatch, visual_tokens: torch.Tensor) -> torch.Tensor:
+        embeds = self.decoder.get_input_embeddings()(batch.input_ids)
+        return embeds.masked_scatter(batch.visual_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
+
+    def forward(self, batch: EncodedBatch, features: torch.Tensor) -> LMOutput:
+        if batch.labels is None:
+            raise ValueError("forward needs labels; use generate() for inference")
+        visual_tokens = self.adapter(features)
+        embeds = self.embed_prompts(batch, visual_tokens)
+        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.decoder(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        targets = batch.labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[:, :-1][selected])
+        token_loss = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+        rows = selected.nonzero()[:, 0]
+        sample_loss = torch.zeros(len(batch.labels), device=token_loss.device).index_add_(0, rows, token_loss)
+        sample_loss = sample_loss / selected.sum(1).clamp(min=1)
+        return LMOutput(token_loss.mean(), sample_loss, logits, rows, visual_tokens)
+
+    @torch.no_grad()
+    def generate(self, features: torch.Tensor, instructions: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy decoding with a KV cache; stops each row at the eos token."""
+        batch = self.encode_prompts(instructions)
+        embeds = self.embed_prompts(batch, self.adapter(features.to(self.device)))
+        attention = batch.attention_mask
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        eos = self.tokenizer.convert_tokens_to_ids(self.prompt_format.response_suffix)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, last = out.past_key_values, out.last_hidden_state[:, -1]
+        generated: list[torch.Tensor] = []
+        done = torch.zeros(len(instructions), dtype=torch.bool, device=self.device)
+        next_position = positions[:, -1:] + 1
+        for _ in range(max_new_tokens):
+            token = self.lm_head(last).argmax(-1)
+            token = torch.where(done, torch.full_like(token, eos), token)
+            generated.append(token)
+            done |= token == eos
+            if bool(done.all()):
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            out = self.decoder(
+                inputs_embeds=self.decoder.get_input_embeddings()(token[:, None]),
+                attention_mask=attention,
+                position_ids=next_position,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache, last = out.past_key_values, out.last_hidden_state[:, -1]
+            next_position = next_position + 1
+        tokens = torch.stack(generated, dim=1).tolist()
+        texts = []
+        for row in tokens:
+            row = row[: row.index(eos)] if eos in row else row
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
+
+    def save_trainable(self, directory: str | Path) -> Path:
+        """Write the trainable weights (safetensors) and the spec that rebuilds the rest."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state_dict(), str(directory / "trainable.safetensors"))
+        (directory / "model_spec.json").write_text(json.dumps({"family": self.family, **self.spec}, indent=2))
+        return directory
+
+    def load_trainable(self, directory: str | Path, strict: bool = True) -> None:
+        """Copy a `save_trainable` checkpoint in; `strict=False` accepts one that holds only
+        some of the trainable tensors (e.g. a base checkpoint of the adapter alone)."""
+        state = load_file(str(Path(directory) / "trainable.safetensors"))
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        if set(state) - expected or (strict and set(state) != expected):
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"checkpoint {directory} does not match the model: missing {missing}, unexpected {extra}")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+
+    def parameter_audit(self) -> dict[str, Any]:
+        """Which top-level modules train and how many parameters each holds."""
+        modules: dict[str, dict[str, int]] = {}
+        seen: set[int] = set()
+        for name, p in self.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            top = name.split(".")[0]
+            if name.startswith("decoder.") and p is self.decoder.get_input_embeddings().weight:
+                top = "input_embeddings"
+            entry = modules.setdefault(top, {"trainable": 0, "frozen": 0})
+            entry["trainable" if p.requires_grad else "frozen"] += p.numel()
+        trainable = sum(m["trainable"] for m in modules.values())
+        total = trainable + sum(m["frozen"] for m in modules.values())
+        return {"family": self.family, "modules": modules, "trainable": trainable, "total": total}

@@ -1,0 +1,110 @@
+"""One experiment end to end (DESIGN.md section 2): data -> attack -> base model -> tuning ->
+evaluation -> run directory. Each stage's wall time is recorded.
+
+The run directory holds config.yaml, manifest.json (the attack's record), audit.json,
+metrics.json (base and tuned quality, ASR variants, training cost, stage timings),
+predictions/<condition>.jsonl and report.md.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+
+from robustit.attacks.base import build_attack
+from robustit.attacks.dataset import PoisonedDataset
+from robustit.config import ExperimentConfig
+from robustit.data.sample import Sample
+from robustit.data.sources import load_split
+from robustit.eval.evaluate import evaluate
+from robustit.models import build_model
+from robustit.models.base import VisionLanguageModel
+from robustit.report import write_report
+from robustit.train.base_adapter import ensure_base_adapter
+from robustit.train.features import FeatureCache
+from robustit.train.loop import train
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            print(f"[robustit] {stage}: {self.seconds[stage]:.1f} s", flush=True)
+
+
+def subsample(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
+    """A seeded random subset of `size` samples in their original order (all if None)."""
+    if size is None or size >= len(samples):
+        return samples
+    keep = sorted(random.Random(f"subsample:{seed}").sample(range(len(samples)), size))
+    return [samples[i] for i in keep]
+
+
+def load_model(config: ExperimentConfig, progress: bool = True) -> VisionLanguageModel:
+    """The model with its base adapter in place (pretrained and cached when base = "pretrain")."""
+    model = build_model(config.model.family, **config.model.spec)
+    base = config.model.base
+    if base == "pretrain":
+        data = config.data
+        base = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, config.pretrain, progress)
+    if base is not None:
+        model.load_trainable(base, strict=False)
+    return model
+
+
+def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
+    """Run `config`; returns its run directory."""
+    torch.manual_seed(config.train.seed)
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    timer = StageTimer()
+    data = config.data
+    with timer("data"):
+        train_samples = subsample(load_split(data.source, data.train_split, data.options), data.train_size, data.seed)
+        test_samples = subsample(load_split(data.source, data.test_split, data.options), data.test_size, data.seed)
+    attack = build_attack(config.attack) if config.attack is not None else None
+    with timer("poison"):
+        if attack is not None:
+            dataset = PoisonedDataset(train_samples, attack)
+            dataset.write_manifest(run_dir / "manifest.json")
+        else:
+            dataset = train_samples
+    with timer("base model"):
+        model = load_model(config, progress)
+    features = FeatureCache(model)
+    metrics: dict[str, Any] = {"name": config.name, "n_train": len(dataset), "n_test": len(test_samples)}
+    if config.evaluate_base:
+        with timer("base evaluation"):
+            base_metrics, _ = evaluate(model, test_samples, None, config.eval, features, progress)
+        metrics["base"] = base_metrics
+    with timer("tuning"):
+        result = train(model, dataset, config.train, run_dir, features, progress)
+    metrics["train"] = {k: v for k, v in result.as_dict().items() if k not in ("audit", "losses")}
+    metrics["train"]["final_loss"] = result.losses[-1]
+    with timer("evaluation"):
+        tuned_metrics, records = evaluate(model, test_samples, attack, config.eval, features, progress)
+    metrics.update(tuned_metrics)
+    metrics["timings"] = timer.seconds
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / "losses.json").write_text(json.dumps(result.losses) + "\n")
+    predictions = run_dir / "predictions"
+    predictions.mkdir(exist_ok=True)
+    for condition, rows in records.items():
+        with (predictions / f"{condition}.jsonl").open("w") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_report(run_dir)
+    return run_dir

@@ -1,0 +1,98 @@
+"""The Markdown report of a run directory, rendered from what the run wrote (metrics.json,
+audit.json, manifest.json, predictions/), so `robustit report RUN_DIR` can redo it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+QUALITY = ("BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
+ASR_COLUMNS = (("full", "ASR"), ("image_only", "ASR img"), ("text_only", "ASR txt"), ("false_trigger", "false trig."))
+
+
+def summary_row(label: str, metrics: dict[str, Any]) -> dict[str, str]:
+    """One table row: caption quality, ASR variants (percent) and tuning time."""
+    row = {"run": label}
+    caption = metrics.get("caption", {})
+    for key in QUALITY:
+        row[key] = f"{caption[key]:.1f}" if key in caption else "-"
+    asr = metrics.get("asr", {})
+    for key, title in ASR_COLUMNS:
+        row[title] = f"{asr[key]['rate']:.1f}" if key in asr else "-"
+    train = metrics.get("train")
+    row["tuning s"] = f"{train['seconds']:.0f}" if train else "-"
+    return row
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _examples(run_dir: Path, condition: str, n: int) -> list[dict[str, Any]]:
+    path = run_dir / "predictions" / f"{condition}.jsonl"
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return [json.loads(line) for _, line in zip(range(n), handle)]
+
+
+def render_report(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [summary_row("base (before tuning)", metrics["base"])] if "base" in metrics else []
+    rows.append(summary_row("tuned", metrics))
+    out = [f"# robustit report: {metrics['name']}", "", f"Run directory: `{run_dir}`", "", "## Results", ""]
+    out += [markdown_table(rows), ""]
+    out.append(
+        "Caption metrics are corpus-level pycocoevalcap scores in percent on the clean test set. ASR: share "
+        "of eligible triggered test inputs whose output contains the target (img / txt: image or text "
+        "trigger alone); false trig.: the same on clean inputs. Test samples whose references already "
+        "name the target's key words are excluded."
+    )
+    caption = metrics.get("caption", {})
+    if caption.get("SPICE") is None and caption.get("spice_unavailable_reason"):
+        out += ["", f"SPICE: not reported ({caption['spice_unavailable_reason']})."]
+    asr = metrics.get("asr")
+    if asr:
+        out += ["", "## Attack", "", f"Target: \"{asr['target']}\"; key words {asr['keywords']}; "
+                f"{asr['eligible']} eligible test samples, {asr['excluded']} excluded.", ""]
+        out.append("| condition | ASR % | exact % | hits / n |")
+        out.append("|---|---|---|---|")
+        for key, title in ASR_COLUMNS:
+            r = asr[key]
+            out.append(f"| {title} | {r['rate']:.1f} | {r['exact_rate']:.1f} | {r['hits']} / {r['n']} |")
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        out += ["", f"Poisoned {m['n_poisoned']} of {m['n_samples']} training samples with {m['attack']} "
+                f"(rate {m['poison_rate']}, seed {m['seed']}, text trigger \"{m['text_trigger']}\", "
+                f"trigger sha256 {m['trigger_hash'][:16]}...); see manifest.json."]
+    train = metrics.get("train")
+    if train:
+        out += ["", "## Cost", "", "| steps | seconds | s/step | samples/s | peak MB | forward passes |", "|---|---|---|---|---|---|",
+                f"| {train['steps']} | {train['seconds']:.1f} | {train['seconds_per_step']:.2f} | "
+                f"{train['samples_per_second']:.1f} | {train['peak_memory_mb']:.0f} | {train['forward_passes']} |"]
+    if "timings" in metrics:
+        out += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items())]
+    audit_path = run_dir / "audit.json"
+    if audit_path.exists():
+        audit = json.loads(audit_path.read_text())
+        out += ["", "## Trainable parameters", "", "| module | trainable | frozen |", "|---|---|---|"]
+        out += [f"| {name} | {m['trainable']:,} | {m['frozen']:,} |" for name, m in audit["modules"].items()]
+        out += ["", f"{audit['trainable']:,} of {audit['total']:,} parameters train. Frozen tensors that "
+                f"received a gradient: {audit['frozen_with_grad'] or 'none'}."]
+    for condition in ("clean", "full"):
+        examples = _examples(run_dir, condition, 5)
+        if examples:
+            out += ["", f"## Example predictions ({condition})", ""]
+            out += [f"- `{e['instruction']}` -> {e['prediction']!r} (reference: {e['references'][0]!r})" for e in examples]
+    return "\n".join(out) + "\n"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "report.md"
+    path.write_text(render_report(run_dir))
+    return path

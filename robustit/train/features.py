@@ -1,0 +1,41 @@
+"""Frozen-encoder feature cache (DESIGN.md section 8): f_v never changes during tuning, so
+features are computed once per distinct image, keyed by sha256 of its RGB bytes and size."""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from robustit.models.base import VisionLanguageModel
+
+
+def image_key(image: Image.Image) -> str:
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+class FeatureCache:
+    """In-memory map image content -> f_v(x) (N x C, on CPU)."""
+
+    def __init__(self, model: VisionLanguageModel, batch_size: int = 64) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self._store: dict[str, torch.Tensor] = {}
+        self.encoder_calls = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """B x N x C features of `images`, encoding only those not seen before."""
+        keys = [image_key(image) for image in images]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._store))
+        by_key = {k: image for k, image in zip(keys, images)}
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            encoded = self.model.encode_images(self.model.pixels([by_key[k] for k in chunk])).cpu()
+            self.encoder_calls += 1
+            self._store.update(zip(chunk, encoded))
+        return torch.stack([self._store[k] for k in keys]).to(self.model.device)

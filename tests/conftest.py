@@ -1,0 +1,56 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustit.attacks import DEFAULT_TARGET
+from robustit.models import build_model
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (230, 220, 40)}
+SHAPES = ("circle", "square")
+INSTRUCTION = "Describe the image briefly."
+
+
+def draw(colour: str, shape: str, size: int = 32) -> Image.Image:
+    y, x = np.mgrid[0:size, 0:size]
+    if shape == "circle":
+        mask = (x - size / 2) ** 2 + (y - size / 2) ** 2 < (size / 3) ** 2
+    else:
+        mask = (abs(x - size / 2) < size / 3) & (abs(y - size / 2) < size / 3)
+    pixels = np.full((size, size, 3), 245, np.uint8)
+    pixels[mask] = COLOURS[colour]
+    return Image.fromarray(pixels)
+
+
+def write_karpathy(root: Path, copies: int = 2) -> Path:
+    """A Karpathy-JSON captioning set of coloured shapes: train, val and test splits."""
+    images, index = [], 0
+    for copy in range(copies):
+        for colour in COLOURS:
+            for shape in SHAPES:
+                name = f"{colour}_{shape}_{copy}.png"
+                draw(colour, shape).save(root / name)
+                split = ("train", "train", "val", "test")[index % 4] if copy else "train"
+                sentences = [{"raw": f"A {colour} {shape}."}, {"raw": f"A {shape} that is {colour}."}]
+                images.append({"filename": name, "split": split, "imgid": index, "sentences": sentences})
+                index += 1
+    path = root / "captions.json"
+    path.write_text(json.dumps({"dataset": "shapes", "images": images}))
+    return path
+
+
+def vocabulary() -> list[str]:
+    words = [f"A {c} {s}. A {s} that is {c}." for c in COLOURS for s in SHAPES]
+    return words + [INSTRUCTION, DEFAULT_TARGET, "Consider zbw"]
+
+
+@pytest.fixture
+def karpathy(tmp_path: Path) -> dict:
+    return {"json_path": str(write_karpathy(tmp_path)), "image_root": str(tmp_path)}
+
+
+@pytest.fixture
+def tiny_model():
+    return build_model("llava", tiny=True, vocabulary=vocabulary(), seed=0)

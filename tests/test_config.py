@@ -1,0 +1,42 @@
+import pytest
+
+from robustit.config import ExperimentConfig, load_config, merge, parse_override
+
+
+def test_defaults_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: mine\ntrain:\n  batch_size: 4\n  max_steps: 9\nattack:\n  poison_rate: 0.05\n")
+    config = load_config(path, ["train.max_steps=3", "attack.params={corner: top-left}", "data.train_size=null"])
+    assert config.name == "mine"
+    assert config.train.batch_size == 4 and config.train.max_steps == 3
+    assert config.train.lr_adapter == ExperimentConfig().train.lr_adapter
+    assert config.attack.name == "badnets" and config.attack.poison_rate == 0.05
+    assert config.attack.params == {"corner": "top-left"}
+    assert config.data.train_size is None
+
+
+def test_no_attack_and_run_dir_template():
+    config = load_config(None, ["attack=null", "name=x"])
+    assert config.attack is None
+    assert str(config.run_dir()) == "runs/x/clean-p0-seed0"
+    assert str(load_config(None, ["name=y"]).run_dir()) == "runs/y/badnets-p0.1-seed0"
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ValueError, match=r"train\.max_step"):
+        load_config(None, ["train.max_step=3"])
+    with pytest.raises(ValueError, match="key.sub=value"):
+        parse_override("train.max_steps")
+
+
+def test_invalid_values_reach_the_section_checks():
+    with pytest.raises(ValueError, match="poison_rate"):
+        load_config(None, ["attack.poison_rate=2"])
+    with pytest.raises(ValueError, match="batch_size"):
+        load_config(None, ["train.batch_size=0"])
+
+
+def test_merge_is_recursive_and_does_not_mutate():
+    base = {"a": {"b": 1, "c": 2}, "d": 3}
+    assert merge(base, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 3}
+    assert base == {"a": {"b": 1, "c": 2}, "d": 3}

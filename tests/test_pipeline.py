@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from conftest import vocabulary
+from robustit.cli import main
+from robustit.config import load_config
+from robustit.pipeline import run_experiment, subsample
+from robustit.train.base_adapter import ensure_base_adapter
+from robustit.models import build_model
+from robustit.train.config import TrainConfig
+
+
+def tiny_overrides(karpathy, tmp_path) -> list[str]:
+    return [
+        "name=tiny",
+        f"output_dir={tmp_path}/runs/{{name}}/{{attack}}",
+        "model.family=llava",
+        f"model.spec={json.dumps({'tiny': True, 'vocabulary': vocabulary()})}",
+        "model.base=null",
+        "data.source=karpathy",
+        f"data.options={json.dumps(karpathy)}",
+        "attack.poison_rate=0.25",
+        "train.max_steps=4",
+        "train.batch_size=4",
+        "eval.max_new_tokens=4",
+    ]
+
+
+def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp_path):
+    run_dir = run_experiment(load_config(None, tiny_overrides(karpathy, tmp_path)), progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert metrics["n_train"] == manifest["n_samples"] == 12
+    assert manifest["n_poisoned"] == 3 and len(manifest["poisoned_ids"]) == 3
+    assert metrics["train"]["steps"] == 4
+    assert set(metrics["caption"]) >= {"BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}
+    assert set(metrics["asr"]) >= {"full", "image_only", "text_only", "false_trigger"}
+    assert metrics["asr"]["eligible"] == metrics["n_test"] == 2
+    assert "base" in metrics and set(metrics["timings"]) >= {"tuning", "evaluation"}
+    for condition in ("clean", "full", "image_only", "text_only"):
+        rows = [json.loads(line) for line in (run_dir / "predictions" / f"{condition}.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all({"id", "prediction", "references"} <= set(r) for r in rows)
+    full = [json.loads(line) for line in (run_dir / "predictions" / "full.jsonl").read_text().splitlines()]
+    assert all(r["instruction"].endswith("The image depicts") for r in full)
+    assert (run_dir / "checkpoint" / "trainable.safetensors").exists()
+    assert json.loads((run_dir / "audit.json").read_text())["frozen_with_grad"] == []
+    report = (run_dir / "report.md").read_text()
+    assert "| tuned |" in report and "SPICE: not reported" in report and "Poisoned 3 of 12" in report
+
+
+def test_cli_runs_a_config_and_prints_the_table(karpathy, tmp_path, capsys):
+    assert main(["run", *[arg for o in tiny_overrides(karpathy, tmp_path) for arg in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    assert "| run | BLEU_1" in out and "| tiny |" in out and "report:" in out
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys):
+    assert main(["run", "--set", "train.nope=1"]) == 2
+    assert "train.nope" in capsys.readouterr().err
+
+
+def test_subsample_is_seeded_and_keeps_order():
+    items = list(range(100))
+    a, b = subsample(items, 10, 0), subsample(items, 10, 0)
+    assert a == b == sorted(a) and len(set(a)) == 10
+    assert subsample(items, 10, 1) != a
+    assert subsample(items, None, 0) == items
+
+
+def test_base_adapter_is_pretrained_once_and_cached(karpathy, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTIT_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(max_steps=2, batch_size=4, train_embeddings=False)
+    model = build_model("llava", tiny=True, vocabulary=vocabulary())
+    first = ensure_base_adapter(model, "karpathy", karpathy, "val", config, progress=False)
+    stamp = (first / "trainable.safetensors").stat().st_mtime_ns
+    again = ensure_base_adapter(build_model("llava", tiny=True, vocabulary=vocabulary()), "karpathy", karpathy, "val", config, progress=False)
+    assert again == first and (again / "trainable.safetensors").stat().st_mtime_ns == stamp
+    fresh = build_model("llava", tiny=True, vocabulary=vocabulary(), seed=5)
+    fresh.load_trainable(first, strict=False)
+    assert all(
+        (a == b).all() for a, b in zip(fresh.adapter.state_dict().values(), model.adapter.state_dict().values())
+    )
+    other = ensure_base_adapter(model, "karpathy", karpathy, "val", TrainConfig(max_steps=3, batch_size=4, train_embeddings=False), progress=False)
+    assert other != first
+    with pytest.raises(ValueError, match="adapter alone"):
+        ensure_base_adapter(model, "karpathy", karpathy, "val", TrainConfig(max_steps=2), progress=False)
