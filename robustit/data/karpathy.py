@@ -69,7 +69,7 @@ def _read_json(json_path: Path) -> dict[str, Any]:
     try:
         with json_path.open(encoding="utf-8") as handle:
             data = json.load(handle)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(json_path, f"not valid JSON ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(json_path, 'expected a JSON object with an "images" list (Karpathy split format)')

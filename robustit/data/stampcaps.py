@@ -193,23 +193,24 @@ def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.nda
         return np.broadcast_to(np.array(LIGHT_COLOURS[name], np.uint8), (size, size, 3)), f"a plain {name} background"
     name1, name2 = rng.sample(sorted(COLOURS), 2)
     c1, c2 = np.array(COLOURS[name1], np.float32), np.array(COLOURS[name2], np.float32)
+    a = "an" if name1[0] in "aeiou" else "a"  # "an orange ...", not "a orange ..."
     y, x = np.mgrid[0:size, 0:size]
     kind = rng.choice(("plain", "vertical", "horizontal", "gradient", "dots", "checks"))
     width = rng.randint(max(2, size // 16), max(3, size // 6))
     if kind == "plain":
         mix, text = np.zeros((size, size)), f"a plain {name1} background"
     elif kind == "vertical":
-        mix, text = (x // width) % 2, f"a {name1} and {name2} vertically striped background"
+        mix, text = (x // width) % 2, f"{a} {name1} and {name2} vertically striped background"
     elif kind == "horizontal":
-        mix, text = (y // width) % 2, f"a {name1} and {name2} horizontally striped background"
+        mix, text = (y // width) % 2, f"{a} {name1} and {name2} horizontally striped background"
     elif kind == "checks":
-        mix, text = (x // width + y // width) % 2, f"a {name1} and {name2} checkered background"
+        mix, text = (x // width + y // width) % 2, f"{a} {name1} and {name2} checkered background"
     elif kind == "gradient":
-        mix, text = (x if rng.random() < 0.5 else y) / (size - 1), f"a {name1} to {name2} gradient background"
+        mix, text = (x if rng.random() < 0.5 else y) / (size - 1), f"{a} {name1} to {name2} gradient background"
     else:
         spacing, phase = 2 * width, rng.randint(0, 2 * width - 1)
         dx, dy = (x + phase) % spacing - width, (y + phase) % spacing - width
-        mix, text = dx**2 + dy**2 <= (0.55 * width) ** 2, f"a {name1} background with {name2} polka dots"
+        mix, text = dx**2 + dy**2 <= (0.55 * width) ** 2, f"{a} {name1} background with {name2} polka dots"
     mix = np.asarray(mix, np.float32)[..., None]
     return ((1 - mix) * c1 + mix * c2).round().astype(np.uint8), text
 

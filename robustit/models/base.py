@@ -149,7 +149,9 @@ class VisionLanguageModel(nn.Module):
         embeds = self.embed_prompts(batch, self.adapter(features.to(self.device)))
         attention = batch.attention_mask
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        eos = self.tokenizer.convert_tokens_to_ids(self.prompt_format.response_suffix)
+        # the last token of the response suffix is the end token the labels train on; a suffix
+        # with spaces (" <|im_end|>") is no single vocabulary entry, so look it up by encoding
+        eos = self.tokenizer(self.prompt_format.response_suffix, add_special_tokens=False).input_ids[-1]
         out = self.decoder(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=True)
         cache, last = out.past_key_values, out.last_hidden_state[:, -1]
         generated: list[torch.Tensor] = []
@@ -199,6 +201,9 @@ class VisionLanguageModel(nn.Module):
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"checkpoint {directory} does not match the model: missing {missing}, unexpected {extra}")
         params = dict(self.named_parameters())
+        wrong = {n: (tuple(t.shape), tuple(params[n].shape)) for n, t in state.items() if t.shape != params[n].shape}
+        if wrong:
+            raise ValueError(f"checkpoint {directory} does not match the model: shapes (checkpoint, model) differ: {wrong}")
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor)

@@ -48,7 +48,6 @@ class LlavaProjector(nn.Module):
 def tiny_llava(tokenizer: Any, image_size: int = 32, seed: int = 0):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    torch.manual_seed(seed)
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         image_size=image_size, patch_size=8, projection_dim=32,
@@ -60,7 +59,19 @@ def tiny_llava(tokenizer: Any, image_size: int = 32, seed: int = 0):
     )
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.pad_token_id,
                          vision_feature_layer=-1)
-    return LlavaForConditionalGeneration(config).eval()
+    # The frozen parts stand in for released weights: the same for every seed, which (as in the
+    # other families) varies only the initialisation of the trainable parts, so a trainable-only
+    # checkpoint means the same model in any tiny build of the same vocabulary and size.
+    frozen = None
+    if seed != 0:
+        torch.manual_seed(0)
+        frozen = LlavaForConditionalGeneration(config).state_dict()
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    if frozen is not None:
+        trainable = ("model.multi_modal_projector.", "model.language_model.embed_tokens.", "lm_head.")
+        model.load_state_dict({k: v for k, v in frozen.items() if not k.startswith(trainable)}, strict=False)
+    return model
 
 
 def build_llava(
