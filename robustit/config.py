@@ -50,7 +50,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig | None = field(default_factory=lambda: AttackConfig(name="badnets"))
     pretrain: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=3, batch_size=8, lr_adapter=1e-3, train_embeddings=False)
+        default_factory=lambda: TrainConfig(epochs=3.0, batch_size=8, lr_adapter=1e-3, train_embeddings=False)
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -84,6 +84,11 @@ def _build(cls: Any, value: Any, where: str) -> Any:
         if unknown:
             raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; known: {sorted(names)}")
         return cls(**{k: _build(hints[k], v, f"{where}{k}.") for k, v in value.items()})
+    if cls is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"config {where[:-1]}: expected a number, got {value!r}") from None
     return value
 
 

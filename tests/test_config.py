@@ -40,3 +40,10 @@ def test_merge_is_recursive_and_does_not_mutate():
     base = {"a": {"b": 1, "c": 2}, "d": 3}
     assert merge(base, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 3}
     assert base == {"a": {"b": 1, "c": 2}, "d": 3}
+
+
+def test_numbers_in_exponent_notation_are_read_as_floats():
+    config = load_config(None, ["train.lr_adapter=1e-3", "train.epochs=2"])
+    assert config.train.lr_adapter == 0.001 and config.train.epochs == 2.0
+    with pytest.raises(ValueError, match="train.lr_adapter"):
+        load_config(None, ["train.lr_adapter=fast"])
