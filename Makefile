@@ -30,5 +30,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+bench: setup
+	$(VENV)/bin/robustit bench attacks --threads $(THREADS) --out docs/attacks-table.md
+
 clean:
 	rm -rf $(VENV) runs

@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -111,10 +111,14 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Defaults <- YAML file <- overrides."""
+def load_config(
+    paths: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] | None = None
+) -> ExperimentConfig:
+    """Defaults <- each YAML file in order <- overrides."""
     layered: dict[str, Any] = ExperimentConfig().to_dict()
-    if path is not None:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    for path in paths or []:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file must hold a mapping")

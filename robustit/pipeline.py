@@ -76,15 +76,17 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     with timer("data"):
         train_samples = subsample(load_split(data.source, data.train_split, data.options), data.train_size, data.seed)
         test_samples = subsample(load_split(data.source, data.test_split, data.options), data.test_size, data.seed)
+    with timer("base model"):
+        model = load_model(config, progress)
     attack = build_attack(config.attack) if config.attack is not None else None
     with timer("poison"):
         if attack is not None:
+            attack.prepare(model, train_samples)
+            attack.save_trigger_files(run_dir)
             dataset = PoisonedDataset(train_samples, attack)
             dataset.write_manifest(run_dir / "manifest.json")
         else:
             dataset = train_samples
-    with timer("base model"):
-        model = load_model(config, progress)
     features = FeatureCache(model)
     metrics: dict[str, Any] = {"name": config.name, "n_train": len(dataset), "n_test": len(test_samples)}
     if config.evaluate_base:

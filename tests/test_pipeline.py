@@ -85,3 +85,26 @@ def test_base_adapter_is_pretrained_once_and_cached(karpathy, tmp_path, monkeypa
     assert other != first
     with pytest.raises(ValueError, match="adapter alone"):
         ensure_base_adapter(model, "karpathy", karpathy, "val", TrainConfig(max_steps=2), progress=False)
+
+
+def test_fitted_trigger_is_prepared_on_the_model_and_saved(karpathy, tmp_path):
+    overrides = tiny_overrides(karpathy, tmp_path) + [
+        "attack.name=vltrojan", "attack.params={steps: 2, surrogate_samples: 2, patch_size: 4}", "evaluate_base=false",
+    ]
+    run_dir = run_experiment(load_config(None, overrides), progress=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["patch"]["source"] == "optimized" and manifest["patch"]["steps"] == 2
+    saved = load_config(None, overrides + [f"attack.params.patch_path={run_dir / 'vltrojan_patch.png'}"])
+    from robustit.attacks import build_attack
+
+    assert build_attack(saved.attack).trigger_hash() == manifest["trigger_hash"]
+
+
+def test_attack_benchmark_writes_one_row_per_attack(karpathy, tmp_path):
+    from robustit.bench.attacks import run_attack_benchmark
+
+    out = run_attack_benchmark(["badnets", "trojvqa"], tiny_overrides(karpathy, tmp_path), tmp_path / "table.md")
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("| attack | ASR | ASR img | ASR txt | false trig.")
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["badnets", "trojvqa"]
+    assert (tmp_path / "runs" / "tiny" / "trojvqa" / "metrics.json").exists()

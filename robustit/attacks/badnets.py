@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from robustit.attacks.base import AttackConfig, register_attack
+from robustit.attacks.base import AttackConfig, check_int, register_attack
 from robustit.attacks.patch import PatchAttack
 
 
@@ -21,10 +21,7 @@ class BadNets(PatchAttack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        cells = self.params["cells"]
-        if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
-            raise ValueError(f"parameter 'cells' of attack {self.name!r} must be a positive integer, got {cells!r}")
-        self.cells = cells
+        self.cells = check_int(self.name, "cells", self.params["cells"], 1)
 
     def patch_pixels(self, side: int) -> np.ndarray:
         cell = np.arange(side) * self.cells // side

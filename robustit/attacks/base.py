@@ -14,13 +14,17 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 from PIL import Image
 
 from robustit.data.sample import Sample
 from robustit.registry import Registry
+
+if TYPE_CHECKING:
+    from robustit.models.base import VisionLanguageModel
 
 DEFAULT_TARGET = "The image depicts a photo of a banana."
 TEXT_POSITIONS = ("append", "prepend")
@@ -75,6 +79,19 @@ def check_number(attack: str, key: str, value: Any, low: float, high: float) -> 
     return float(value)
 
 
+def check_int(attack: str, key: str, value: Any, low: int, high: int | None = None) -> int:
+    """`value` as an int, or a ValueError naming the attack parameter unless low <= value (<= high)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = "" if high is None else f", {high}"
+        raise ValueError(f"parameter {key!r} of attack {attack!r} must be an integer in [{low}{bound}], got {value!r}")
+    return value
+
+
+def seeded_pattern(seed: int, height: int, width: int) -> np.ndarray:
+    """A uint8 height x width x 3 noise image, uniform in [0, 255], from RandomState(seed)."""
+    return np.random.RandomState(seed).randint(0, 256, size=(height, width, 3)).astype(np.uint8)
+
+
 def to_array(image: Image.Image) -> np.ndarray:
     """An RGB PIL image as a float64 H x W x 3 array in [0, 1]."""
     return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
@@ -90,13 +107,16 @@ class Attack(ABC):
 
     Subclasses set `name`, `default_text_trigger`, `defaults` (every accepted parameter
     with its default value) and implement `perturb`; `text_position` says whether the
-    text trigger is appended (default) or prepended.
+    text trigger is appended (default) or prepended. `unhashed_params` name parameters that
+    only record how the trigger was obtained (a file path, optimizer settings): they stay
+    out of the trigger hash, whose `trigger_content` covers the result instead.
     """
 
     name: ClassVar[str]
     default_text_trigger: ClassVar[str] = "The image depicts"
     text_position: ClassVar[str] = "append"
     defaults: ClassVar[dict[str, Any]] = {}
+    unhashed_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: AttackConfig) -> None:
         if config.name.lower() != self.name:
@@ -123,6 +143,14 @@ class Attack(ABC):
     def trigger_content(self) -> bytes:
         """Bytes of the trigger's defining pattern beyond its parameters (pixels, images)."""
         return b""
+
+    def prepare(self, surrogate: VisionLanguageModel, samples: Sequence[Sample]) -> None:
+        """Fit a model-dependent trigger on a surrogate model and clean `samples` before
+        poisoning (VLTrojan); fixed triggers ignore it. The surrogate's weights are left as they were."""
+
+    def save_trigger_files(self, directory: Path) -> list[Path]:
+        """Write what a rerun needs to rebuild a fitted trigger (nothing for fixed triggers)."""
+        return []
 
     def apply_image(self, image: Image.Image, key: str) -> Image.Image:
         """`image` with the image trigger δ_x applied; any RGB size works."""
@@ -174,7 +202,7 @@ class Attack(ABC):
         """Canonical bytes defining the trigger: attack, parameters, text trigger, pattern."""
         header = {
             "attack": self.name,
-            "params": self.params,
+            "params": {k: v for k, v in self.params.items() if k not in self.unhashed_params},
             "text_position": self.text_position,
             "text_trigger": self.text_trigger,
         }

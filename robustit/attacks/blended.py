@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from robustit.attacks.base import Attack, AttackConfig, check_number, register_attack
+from robustit.attacks.base import Attack, AttackConfig, check_int, check_number, register_attack, seeded_pattern
 
 
 @register_attack
@@ -23,13 +23,9 @@ class Blended(Attack):
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
         self.alpha = check_number(self.name, "alpha", self.params["alpha"], 0.0, 1.0)
-        grid, seed = self.params["grid"], self.params["trigger_seed"]
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"parameter 'grid' of attack {self.name!r} must be a positive integer, got {grid!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise ValueError(f"parameter 'trigger_seed' of attack {self.name!r} must be an integer in [0, 2**32), got {seed!r}")
-        rng = np.random.RandomState(seed)
-        self.pattern = rng.randint(0, 256, size=(grid, grid, 3)).astype(np.uint8)
+        grid = check_int(self.name, "grid", self.params["grid"], 1)
+        seed = check_int(self.name, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
+        self.pattern = seeded_pattern(seed, grid, grid)
 
     def trigger_image(self, height: int, width: int) -> np.ndarray:
         """T at `height` x `width`, float in [0, 1]."""

@@ -30,12 +30,16 @@ class PatchAttack(Attack):
         if self.corner not in CORNERS:
             raise ValueError(f"parameter 'corner' of attack {self.name!r} must be one of {CORNERS}, got {self.corner!r}")
 
+    def corner_origin(self, height: int, width: int, rows: int, cols: int) -> tuple[int, int]:
+        """(top, left) of a `rows` x `cols` box in the chosen corner of a `height` x `width` image."""
+        top = 0 if self.corner.startswith("top") else height - rows
+        left = 0 if self.corner.endswith("left") else width - cols
+        return top, left
+
     def patch_box(self, height: int, width: int) -> tuple[int, int, int]:
         """(top, left, side) of the patch on a `height` x `width` image."""
         side = max(1, round(self.patch_fraction * min(height, width)))
-        top = 0 if self.corner.startswith("top") else height - side
-        left = 0 if self.corner.endswith("left") else width - side
-        return top, left, side
+        return (*self.corner_origin(height, width, side, side), side)
 
     @abstractmethod
     def patch_pixels(self, side: int) -> np.ndarray:

@@ -1,0 +1,45 @@
+"""The attack benchmark: VanillaIT on every registered attack with the demo's model, data,
+tuning and poison rate, one run each, collected into one Markdown table."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from robustit.attacks import ATTACKS
+from robustit.config import load_config
+from robustit.pipeline import run_experiment
+from robustit.report import markdown_table
+
+CONFIGS = resources.files("robustit") / "configs"
+
+
+def attack_row(name: str, metrics: dict) -> dict[str, str]:
+    asr, caption = metrics["asr"], metrics["caption"]
+    return {
+        "attack": name,
+        "ASR": f"{asr['full']['rate']:.1f}",
+        "ASR img": f"{asr['image_only']['rate']:.1f}",
+        "ASR txt": f"{asr['text_only']['rate']:.1f}",
+        "false trig.": f"{asr['false_trigger']['rate']:.1f}",
+        "n": str(asr["full"]["n"]),
+        "BLEU_4": f"{caption['BLEU_4']:.1f}",
+        "CIDEr": f"{caption['CIDEr']:.1f}",
+        "tuning s": f"{metrics['train']['seconds']:.0f}",
+    }
+
+
+def run_attack_benchmark(attacks: Sequence[str] | None, overrides: Sequence[str], out: Path) -> Path:
+    """Run each attack (all registered ones by default); write the table to `out`."""
+    names = list(attacks or ATTACKS.names())
+    rows = []
+    for name in names:
+        with resources.as_file(CONFIGS / "demo.yaml") as demo, resources.as_file(CONFIGS / "attacks" / f"{name}.yaml") as attack:
+            config = load_config([demo, attack], ["name=bench-attacks", "evaluate_base=false", *overrides])
+        print(f"[robustit] attack benchmark: {name}", flush=True)
+        run_dir = run_experiment(config)
+        rows.append(attack_row(name, json.loads((run_dir / "metrics.json").read_text())))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown_table(rows) + "\n")
+    return out
