@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import yaml
 
 from robustit.attacks.base import AttackConfig
+from robustit.defenses.base import DefenseConfig
 from robustit.eval.evaluate import EvalConfig
 from robustit.train.config import TrainConfig
 
@@ -49,6 +50,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig | None = field(default_factory=lambda: AttackConfig(name="badnets"))
+    defense: DefenseConfig | None = None
     pretrain: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=3.0, batch_size=8, lr_adapter=1e-3, train_embeddings=False)
     )
@@ -58,9 +60,14 @@ class ExperimentConfig:
     output_dir: str = "runs/{name}/{attack}-p{poison_rate}-seed{seed}"
 
     def run_dir(self) -> Path:
+        """`output_dir` filled in; its fields: name, attack ("clean" if none), poison_rate,
+        defense ("vanilla" if none) and seed."""
         attack = self.attack.name if self.attack else "clean"
         rate = self.attack.poison_rate if self.attack else 0
-        return Path(self.output_dir.format(name=self.name, attack=attack, poison_rate=rate, seed=self.train.seed))
+        defense = self.defense.name if self.defense else "vanilla"
+        return Path(
+            self.output_dir.format(name=self.name, attack=attack, poison_rate=rate, defense=defense, seed=self.train.seed)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +90,12 @@ def _build(cls: Any, value: Any, where: str) -> Any:
         unknown = sorted(set(value) - names)
         if unknown:
             raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; known: {sorted(names)}")
+        missing = [
+            f"{where}{f.name}" for f in dataclasses.fields(cls)
+            if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(f"config {where[:-1] or 'root'}: missing key(s) {missing}")
         return cls(**{k: _build(hints[k], v, f"{where}{k}.") for k, v in value.items()})
     if cls is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:

@@ -2,8 +2,11 @@
 evaluation -> run directory. Each stage's wall time is recorded.
 
 The run directory holds config.yaml, manifest.json (the attack's record), audit.json,
-metrics.json (base and tuned quality, ASR variants, training cost, stage timings),
-predictions/<condition>.jsonl and report.md.
+metrics.json (the defense, base and tuned quality, ASR variants, training cost and mean
+defense loss terms, stage timings), losses.json (LM loss per step), loss_terms.json (each
+defense term per step, when there are any), predictions/<condition>.jsonl and report.md.
+The defense trains with the model and applies its test-time part to the tuned evaluation;
+the base evaluation is undefended.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from robustit.attacks.dataset import PoisonedDataset
 from robustit.config import ExperimentConfig
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
+from robustit.defenses.base import build_defense
 from robustit.eval.evaluate import evaluate
 from robustit.models import build_model
 from robustit.models.base import VisionLanguageModel
@@ -68,6 +72,7 @@ def load_model(config: ExperimentConfig, progress: bool = True) -> VisionLanguag
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     """Run `config`; returns its run directory."""
     torch.manual_seed(config.train.seed)
+    defense = build_defense(config.defense) if config.defense is not None else None
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -88,21 +93,29 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
         else:
             dataset = train_samples
     features = FeatureCache(model)
-    metrics: dict[str, Any] = {"name": config.name, "n_train": len(dataset), "n_test": len(test_samples)}
+    metrics: dict[str, Any] = {
+        "name": config.name,
+        "defense": defense.describe() if defense is not None else None,
+        "n_train": len(dataset),
+        "n_test": len(test_samples),
+    }
     if config.evaluate_base:
         with timer("base evaluation"):
             base_metrics, _ = evaluate(model, test_samples, None, config.eval, features, progress)
         metrics["base"] = base_metrics
     with timer("tuning"):
-        result = train(model, dataset, config.train, run_dir, features, progress)
-    metrics["train"] = {k: v for k, v in result.as_dict().items() if k not in ("audit", "losses")}
+        result = train(model, dataset, config.train, run_dir, features, progress, defense)
+    metrics["train"] = {k: v for k, v in result.as_dict().items() if k not in ("audit", "losses", "loss_terms")}
     metrics["train"]["final_loss"] = result.losses[-1]
+    metrics["train"]["loss_terms"] = result.mean_loss_terms()
     with timer("evaluation"):
-        tuned_metrics, records = evaluate(model, test_samples, attack, config.eval, features, progress)
+        tuned_metrics, records = evaluate(model, test_samples, attack, config.eval, features, progress, defense)
     metrics.update(tuned_metrics)
     metrics["timings"] = timer.seconds
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "losses.json").write_text(json.dumps(result.losses) + "\n")
+    if result.loss_terms:
+        (run_dir / "loss_terms.json").write_text(json.dumps(result.loss_terms) + "\n")
     predictions = run_dir / "predictions"
     predictions.mkdir(exist_ok=True)
     for condition, rows in records.items():

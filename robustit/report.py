@@ -31,6 +31,14 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def defense_line(defense: dict[str, Any] | None) -> str:
+    """"Defense: name (key=value, ...)", or VanillaIT when the run had none."""
+    if defense is None:
+        return "Defense: none (VanillaIT)."
+    params = ", ".join(f"{k}={v}" for k, v in sorted(defense["params"].items()))
+    return f"Defense: {defense['name']} ({params or 'no parameters'})."
+
+
 def _examples(run_dir: Path, condition: str, n: int) -> list[dict[str, Any]]:
     path = run_dir / "predictions" / f"{condition}.jsonl"
     if not path.exists():
@@ -44,7 +52,10 @@ def render_report(run_dir: str | Path) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = [summary_row("base (before tuning)", metrics["base"])] if "base" in metrics else []
     rows.append(summary_row("tuned", metrics))
-    out = [f"# robustit report: {metrics['name']}", "", f"Run directory: `{run_dir}`", "", "## Results", ""]
+    out = [f"# robustit report: {metrics['name']}", "", f"Run directory: `{run_dir}`", ""]
+    if "defense" in metrics:
+        out += [defense_line(metrics["defense"]), ""]
+    out += ["## Results", ""]
     out += [markdown_table(rows), ""]
     out.append(
         "Caption metrics are corpus-level pycocoevalcap scores in percent on the clean test set. ASR: share "
@@ -72,9 +83,14 @@ def render_report(run_dir: str | Path) -> str:
                 f"trigger sha256 {m['trigger_hash'][:16]}...); see manifest.json."]
     train = metrics.get("train")
     if train:
-        out += ["", "## Cost", "", "| steps | seconds | s/step | samples/s | peak MB | forward passes |", "|---|---|---|---|---|---|",
+        extra = train.get("extra_forward_passes", 0) / train["steps"]
+        out += ["", "## Cost", "", "| steps | seconds | s/step | samples/s | peak MB | forward passes | extra passes/step |",
+                "|---|---|---|---|---|---|---|",
                 f"| {train['steps']} | {train['seconds']:.1f} | {train['seconds_per_step']:.2f} | "
-                f"{train['samples_per_second']:.1f} | {train['peak_memory_mb']:.0f} | {train['forward_passes']} |"]
+                f"{train['samples_per_second']:.1f} | {train['peak_memory_mb']:.0f} | {train['forward_passes']} | {extra:.2f} |"]
+        if train.get("loss_terms"):
+            terms = ", ".join(f"{k} {v:.4f}" for k, v in train["loss_terms"].items())
+            out += ["", f"Defense loss terms, mean over steps: {terms} (each step's: loss_terms.json)."]
     if "timings" in metrics:
         out += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items())]
     audit_path = run_dir / "audit.json"

@@ -4,15 +4,21 @@ Four generations over the same test samples and prompt layout: clean, full trigg
 (image + text), image trigger only, text trigger only. Caption metrics score the clean
 predictions against the references; ASR variants and the false-trigger rate follow
 `robustit.eval.asr` on the eligible samples.
+
+A defense's test-time part applies to all four: its `inference(model)` context is open for
+the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
+without the trigger metadata) before generation.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from robustit.attacks.base import Attack
 from robustit.attacks.dataset import TriggeredView
 from robustit.data.sample import Sample
+from robustit.defenses.base import Defense, strip_poison_info
 from robustit.eval.asr import is_eligible, success_rate, target_keywords
 from robustit.eval.caption_metrics import caption_scores
 from robustit.eval.generate import generate_responses
@@ -36,14 +42,24 @@ def evaluate(
     config: EvalConfig,
     features: FeatureCache | None = None,
     progress: bool = True,
+    defense: Defense | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """(metrics, predictions by condition); without an attack only clean quality is measured."""
     test = list(test)[: config.limit]
-    features = features or FeatureCache(model)
+    features = features if features is not None else FeatureCache(model)
 
     def run(samples: Sequence[Sample], name: str) -> list[str]:
+        if defense is not None:
+            samples = [defense.filter_input(strip_poison_info(samples[i])) for i in range(len(samples))]
         return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress)
 
+    with defense.inference(model) if defense is not None else nullcontext():
+        return _evaluate(test, attack, run)
+
+
+def _evaluate(
+    test: list[Sample], attack: Attack | None, run: Callable[[Sequence[Sample], str], list[str]]
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     clean = run(test, "clean")
     scores = caption_scores({s.id: p for s, p in zip(test, clean)}, {s.id: s.references for s in test})
     metrics: dict[str, Any] = {"caption": scores.as_dict()}

@@ -7,6 +7,11 @@ followed by a cosine decay to 0, and gradient clipping at `max_grad_norm`:
 
     lr_t = lr * t / w                                   for t < w
     lr_t = lr * 0.5 * (1 + cos(pi * (t - w) / (T - w)))  otherwise.
+
+With a defense (`robustit.defenses.base`), each step's objective is
+L = sum_v lm_weight_v * L_it(v) + sum_k term_k over the defense's views and loss terms; the
+defense sees the training set and every batch only as stripped samples (no poison
+information), and its adapter hook stays registered from `prepare` to `finalize`.
 """
 from __future__ import annotations
 
@@ -15,23 +20,29 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from robustit.data.sample import Sample
-from robustit.models.base import VisionLanguageModel
+from robustit.defenses.base import Defense, DefenseBatch, View, strip_poison_info
+from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.train.config import TrainConfig
 from robustit.train.features import FeatureCache
 
 
 @dataclass
 class TrainResult:
+    """`losses` holds the LM loss of each step, `loss_terms` each defense term per step.
+    `forward_passes` counts passes through the tuned model (whole-model forwards plus the
+    defense's own passes); `extra_forward_passes` is what that adds to one per step."""
+
     steps: int
     losses: list[float]
     seconds: float
@@ -39,10 +50,15 @@ class TrainResult:
     samples_per_second: float
     peak_memory_mb: float
     forward_passes: int
+    extra_forward_passes: int = 0
+    loss_terms: dict[str, list[float]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def mean_loss_terms(self) -> dict[str, float]:
+        return {name: sum(values) / len(values) for name, values in self.loss_terms.items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -74,6 +90,40 @@ def set_trainable(model: VisionLanguageModel, embeddings: bool) -> None:
     model.lm_head.requires_grad_(embeddings)
 
 
+def _forward_views(model: VisionLanguageModel, views: list[View], features: FeatureCache) -> dict[str, LMOutput]:
+    """Fill each view's features; run the whole model on the forwarded ones."""
+    outputs: dict[str, LMOutput] = {}
+    for view in views:
+        view.features = features.features(view.images)
+        if view.forward:
+            outputs[view.name] = model(model.encode_prompts(view.instructions, view.responses), view.features)
+    return outputs
+
+
+def _objective(
+    model: VisionLanguageModel, samples: list[Sample], features: FeatureCache, defense: Defense | None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
+    """(objective, LM loss, defense terms, whole-model passes) of one batch."""
+    views = [View.of("original", samples)]
+    if defense is not None:
+        views = defense.augment(DefenseBatch(samples, {"original": views[0]}))
+    outputs = _forward_views(model, views, features)
+    weighted = [view.lm_weight * outputs[view.name].loss for view in views if view.lm_weight]
+    if not weighted:
+        raise ValueError(f"no view of {[view.name for view in views]} carries the LM loss (all lm_weight 0)")
+    lm_loss = sum(weighted[1:], weighted[0])
+    terms = {} if defense is None else defense.loss(model, DefenseBatch(samples, {v.name: v for v in views}), outputs)
+    return sum(terms.values(), lm_loss), lm_loss, terms, len(outputs)
+
+
+def _save(model: VisionLanguageModel, defense: Defense | None, directory: Path) -> None:
+    """The trainable weights and, where the defense keeps any, its state (defense.safetensors)."""
+    model.save_trainable(directory)
+    state = defense.state_dict() if defense is not None else {}
+    if state:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "defense.safetensors"))
+
+
 def train(
     model: VisionLanguageModel,
     dataset: Sequence[Sample],
@@ -81,13 +131,15 @@ def train(
     run_dir: str | Path | None = None,
     features: FeatureCache | None = None,
     progress: bool = True,
+    defense: Defense | None = None,
 ) -> TrainResult:
-    """Tune `model` in place on `dataset`; writes checkpoints and the audit under `run_dir`."""
+    """Tune `model` in place on `dataset`, under `defense` if given; writes checkpoints and
+    the audit under `run_dir`."""
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
     seed_everything(config.seed)
     set_trainable(model, config.train_embeddings)
-    features = features or FeatureCache(model)
+    features = features if features is not None else FeatureCache(model)
     accelerator = Accelerator()
     groups = model.trainable_groups()
     param_groups = [{"params": groups["adapter"], "lr": config.lr_adapter}]
@@ -107,34 +159,55 @@ def train(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run_dir = Path(run_dir) if run_dir is not None else None
     losses: list[float] = []
+    loss_terms: dict[str, list[float]] = {}
     audit: dict[str, Any] = {}
-    model.train()
+    passes = 0
+    defense_passes = defense.extra_forward_passes if defense is not None else 0
     start = time.perf_counter()
+    samples_of: Sequence[Sample] = dataset
+    remove_hook: Callable[[], None] | None = None
+    if defense is not None:
+        samples_of = tuple(strip_poison_info(dataset[i]) for i in range(len(dataset)))
+        defense.prepare(model, samples_of)
+        remove_hook = model.add_adapter_hook(defense.adapter_hook)
+    model.train()
     bar = tqdm(total=total, desc="tuning", disable=not progress, unit="step")
     step = 0
-    while step < total:
-        for indices in loader:
-            samples = [dataset[i] for i in indices]
-            batch = model.encode_prompts([s.instruction for s in samples], [s.response for s in samples])
-            output = model(batch, features.features([s.image for s in samples]))
-            accelerator.backward(output.loss)
-            if step == 0:
-                audit = gradient_audit(model)
-            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            losses.append(float(output.loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                model.save_trainable(run_dir / f"checkpoint-{step}")
-            if step >= total:
-                break
+    try:
+        while step < total:
+            for indices in loader:
+                samples = [samples_of[i] for i in indices]
+                objective, lm_loss, terms, forwarded = _objective(model, samples, features, defense)
+                accelerator.backward(objective)
+                if step == 0:
+                    audit = gradient_audit(model)
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                passes += forwarded
+                losses.append(float(lm_loss.detach()))
+                for name, term in terms.items():
+                    loss_terms.setdefault(name, []).append(float(term.detach()))
+                if defense is not None:
+                    defense.after_step(step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                    _save(model, defense, run_dir / f"checkpoint-{step}")
+                if step >= total:
+                    break
+        if defense is not None:
+            defense.finalize(model)
+    finally:
+        if remove_hook is not None:
+            remove_hook()
     bar.close()
     seconds = time.perf_counter() - start
     model.eval()
+    if defense is not None:
+        passes += defense.extra_forward_passes - defense_passes
     result = TrainResult(
         steps=step,
         losses=losses,
@@ -142,10 +215,12 @@ def train(
         seconds_per_step=seconds / step,
         samples_per_second=step * config.batch_size / seconds,
         peak_memory_mb=_peak_memory_mb(),
-        forward_passes=step,
+        forward_passes=passes,
+        extra_forward_passes=passes - step,
+        loss_terms=loss_terms,
         audit=audit,
     )
     if run_dir is not None:
-        model.save_trainable(run_dir / "checkpoint")
+        _save(model, defense, run_dir / "checkpoint")
         (run_dir / "audit.json").write_text(json.dumps(audit, indent=2) + "\n")
     return result

@@ -1,0 +1,201 @@
+"""The defense plug-in interface (DESIGN.md section 5).
+
+A `Defense` is a set of optional hooks. The training loop (`robustit.train.loop.train`) calls
+
+    prepare(model, dataset)            once, before the first step
+    augment(batch) -> views            each step: the versions of the batch the model sees
+    adapter_hook(activations)          on every adapter pass while training (may rewrite them)
+    loss(model, batch, outputs)        each step: named extra terms
+    after_step(step)                   after each optimizer step (step = steps done)
+    finalize(model)                    after the last step, before the final checkpoint
+
+and the evaluator (`robustit.eval.evaluate.evaluate`) calls
+
+    inference(model)                   a context manager around all test-time generation
+    filter_input(sample) -> sample     on each test input before generation.
+
+The training objective of one step, with views v and the named terms of `loss`, is
+
+    L = sum_v lm_weight_v * L_it(v) + sum_k term_k,
+
+L_it being the completion-only loss of the whole model on view v (views that are not
+forwarded have lm_weight 0). `outputs` maps each forwarded view's name to its `LMOutput`
+(loss, logits of the response positions, visual tokens), so output-level regularizers
+(cross-view) and feature-level ones (IDR) both see what they need; a defense that runs
+passes of its own (an adapter-only pass, a frozen reference model) counts them in
+`extra_forward_passes`.
+
+No peeking (DESIGN.md section 1): every sample a defense receives, in `prepare`, `augment`,
+`loss` and `filter_input`, has been through `strip_poison_info` (no metadata, the training
+response as its only reference), the dataset handed to `prepare` is a plain tuple of such
+samples, and neither the attack, its config nor its target is ever passed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from robustit.data.sample import Sample
+from robustit.registry import Registry
+
+if TYPE_CHECKING:
+    from robustit.models.base import LMOutput, VisionLanguageModel
+
+
+@dataclass
+class DefenseConfig:
+    """A registered defense by `name`, with `params` overriding its defaults."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"defense name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.params, dict):
+            raise ValueError(f"defense params must be a dict, got {type(self.params).__name__}")
+
+
+def strip_poison_info(sample: Sample) -> Sample:
+    """`sample` as a defense may see it: no metadata, its training response as the only reference."""
+    return sample.replace(references=[sample.response], metadata={})
+
+
+@dataclass
+class View:
+    """One version of a batch. The loop fills `features` (frozen f_v of `images`, from the
+    feature cache) for every view and runs the whole model on the views with `forward`;
+    `lm_weight` weights a forwarded view's LM loss in the objective."""
+
+    name: str
+    images: list[Image.Image]
+    instructions: list[str]
+    responses: list[str]
+    forward: bool = True
+    lm_weight: float = 1.0
+    features: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not len(self.images) == len(self.instructions) == len(self.responses):
+            raise ValueError(f"view {self.name!r}: images, instructions and responses differ in length")
+        if self.lm_weight < 0 or (self.lm_weight and not self.forward):
+            raise ValueError(f"view {self.name!r}: lm_weight must be >= 0, and 0 unless the view is forwarded")
+
+    @classmethod
+    def of(cls, name: str, samples: Sequence[Sample], **options: Any) -> "View":
+        return cls(name, [s.image for s in samples], [s.instruction for s in samples], [s.response for s in samples], **options)
+
+
+@dataclass
+class DefenseBatch:
+    """A training batch as a defense sees it: stripped samples and the views built so far
+    (the loop starts with the single view "original": the samples as they are)."""
+
+    samples: list[Sample]
+    views: dict[str, View]
+
+
+class Defense:
+    """Base of every defense: each hook defaults to doing nothing.
+
+    Subclasses set `name` and `defaults` (every accepted parameter with its default value);
+    `self.params` holds the defaults overridden by the config's params.
+    """
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    extra_forward_passes: int = 0
+
+    def __init__(self, config: DefenseConfig) -> None:
+        if config.name.lower() != self.name:
+            raise ValueError(f"{type(self).__name__} is defense {self.name!r}, config names {config.name!r}")
+        unknown = sorted(set(config.params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"unknown parameter(s) {unknown} for defense {self.name!r}; known: {known}")
+        try:
+            self.params: dict[str, Any] = json.loads(json.dumps({**self.defaults, **config.params}))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"parameters of defense {self.name!r} must be JSON values: {error}") from error
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+    def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
+        """Before the first step; `dataset` holds the stripped training samples."""
+
+    def augment(self, batch: DefenseBatch) -> list[View]:
+        """The views of this step (default: the batch's views unchanged)."""
+        return list(batch.views.values())
+
+    def adapter_hook(self, activations: torch.Tensor) -> torch.Tensor:
+        """Sees, and may rewrite, the output of the adapter's activation site."""
+        return activations
+
+    def loss(self, model: VisionLanguageModel, batch: DefenseBatch, outputs: dict[str, LMOutput]) -> dict[str, torch.Tensor]:
+        """Named scalar terms added to the objective."""
+        return {}
+
+    def after_step(self, step: int) -> None:
+        """After the optimizer step; `step` counts the steps done."""
+
+    def finalize(self, model: VisionLanguageModel) -> None:
+        """After the last step (pruning and the like)."""
+
+    @contextmanager
+    def inference(self, model: VisionLanguageModel) -> Iterator[None]:
+        """Test-time state of `model` for the duration of the block (hooks to keep on)."""
+        yield
+
+    def filter_input(self, sample: Sample) -> Sample:
+        """A test input as the model should see it (prompt filtering and the like)."""
+        return sample
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that, with the model's trainable weights, rebuild the defended model."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"defense {self.name!r} keeps no state, got {sorted(state)}")
+
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+
+
+def register_defense(cls: type[Defense]) -> type[Defense]:
+    """Class decorator: register a defense under its `name`."""
+    return DEFENSES.register(cls.name)(cls)
+
+
+def build_defense(config: DefenseConfig) -> Defense:
+    """The registered defense named by `config.name`, built from `config`."""
+    return DEFENSES.get(config.name)(config)
+
+
+def check_number(defense: str, key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    """`value` as a float, or a ValueError naming the parameter unless it lies in [low, high]
+    ((low, high] with `low_open`)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value > high or value < low or (low_open and value == low):
+        bounds = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"parameter {key!r} of defense {defense!r} must be a number in {bounds}, got {value!r}")
+    return float(value)
+
+
+def check_int(defense: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"parameter {key!r} of defense {defense!r} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_choice(defense: str, key: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        raise ValueError(f"parameter {key!r} of defense {defense!r} must be one of {list(choices)}, got {value!r}")
+    return value

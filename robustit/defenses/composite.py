@@ -1,0 +1,109 @@
+"""Defenses made of several (DESIGN.md section 5): RobustIT = IDR + AAR.
+
+A `Composite` runs its members in order. Its parameters are the union of theirs, each given
+to every member that declares it. Views fold (each member's `augment` sees the views of the
+members before it), adapter hooks chain, loss terms merge (terms of one name sum), so the
+objective is
+
+    L = sum_v lm_weight_v * L_it(v) + sum_members sum_k term_k,
+
+and the other hooks run member by member; the inference contexts nest.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Any, ClassVar, Iterator, Sequence
+
+import torch
+
+from robustit.data.sample import Sample
+from robustit.defenses.aar import AAR
+from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, register_defense
+from robustit.defenses.idr import IDR
+from robustit.models.base import LMOutput, VisionLanguageModel
+
+
+class Composite(Defense):
+    members: ClassVar[tuple[type[Defense], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        defaults: dict[str, Any] = {}
+        for member in cls.members:
+            for key, value in member.defaults.items():
+                if defaults.get(key, value) != value:
+                    raise TypeError(f"{cls.__name__}: members disagree on the default of {key!r}")
+                defaults[key] = value
+        cls.defaults = defaults
+
+    def __init__(self, config: DefenseConfig) -> None:
+        super().__init__(config)
+        self.defenses = [
+            member(DefenseConfig(member.name, {k: v for k, v in config.params.items() if k in member.defaults}))
+            for member in self.members
+        ]
+
+    @property
+    def extra_forward_passes(self) -> int:
+        return sum(defense.extra_forward_passes for defense in self.defenses)
+
+    def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
+        for defense in self.defenses:
+            defense.prepare(model, dataset)
+
+    def augment(self, batch: DefenseBatch) -> list[View]:
+        for defense in self.defenses:
+            batch = DefenseBatch(batch.samples, {view.name: view for view in defense.augment(batch)})
+        return list(batch.views.values())
+
+    def adapter_hook(self, activations: torch.Tensor) -> torch.Tensor:
+        for defense in self.defenses:
+            activations = defense.adapter_hook(activations)
+        return activations
+
+    def loss(self, model: VisionLanguageModel, batch: DefenseBatch, outputs: dict[str, LMOutput]) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        for defense in self.defenses:
+            for name, term in defense.loss(model, batch, outputs).items():
+                terms[name] = terms[name] + term if name in terms else term
+        return terms
+
+    def after_step(self, step: int) -> None:
+        for defense in self.defenses:
+            defense.after_step(step)
+
+    def finalize(self, model: VisionLanguageModel) -> None:
+        for defense in self.defenses:
+            defense.finalize(model)
+
+    @contextmanager
+    def inference(self, model: VisionLanguageModel) -> Iterator[None]:
+        with ExitStack() as stack:
+            for defense in self.defenses:
+                stack.enter_context(defense.inference(model))
+            yield
+
+    def filter_input(self, sample: Sample) -> Sample:
+        for defense in self.defenses:
+            sample = defense.filter_input(sample)
+        return sample
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{d.name}.{k}": v for d in self.defenses for k, v in d.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = {d.name for d in self.defenses}
+        stray = sorted(k for k in state if k.split(".", 1)[0] not in names)
+        if stray:
+            raise ValueError(f"defense {self.name!r} has no member for state {stray}")
+        for defense in self.defenses:
+            prefix = f"{defense.name}."
+            defense.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+@register_defense
+class RobustIT(Composite):
+    """IDR + AAR (paper section 3.4, equation 12)."""
+
+    name = "robustit"
+    members = (IDR, AAR)

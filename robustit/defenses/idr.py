@@ -1,0 +1,251 @@
+"""IDR: input diversity regularization (paper section 3.3, DESIGN.md section 5.1).
+
+Each step, every sample (x, t, y) gets a visual view A_v(x) and a text view A_t(t).
+
+A_v works on [0, 1] pixels at the model's input size, with u_* ~ U[1 - s_*, 1 + s_*] for
+the `brightness`, `contrast` and `saturation` settings s_*, in this order: brightness x <- clip(u_b x); contrast x <- clip(m + u_c (x - m)), m the mean grey level;
+saturation x <- clip(g + u_s (x - g)), g = 0.299 R + 0.587 G + 0.114 B per pixel; a
+horizontal flip with probability `flip`; and the spatial perturbation: a window of side
+(1 - c) times the image's, c ~ U[0, crop], at a uniform random position, resized back
+(bilinear), i.e. a small random translation and zoom. The encoder is frozen, so each image
+has a fixed pool of `views_per_image` views (view k of an image with content hash h comes
+from a generator seeded by (seed, h, k)); a step picks one at random, and the feature cache,
+keyed by content, encodes each view once (the pool holds them in memory: S x S x 3 bytes
+each). `seed` (default: the run's train.seed) fixes the pools and every random draw.
+
+A_t works on the instruction's whitespace-separated words: each is dropped with probability
+`token_dropout` (one word stays at least), and each kept word listed in `SYNONYMS`, a small
+built-in table of common instruction words (describe, image, briefly, caption, ...), is
+replaced with probability `synonym` by one of its synonyms (case and punctuation kept).
+
+The loss terms ("idr_visual", "idr_text") are
+
+    alpha * mean_{b, n} || H(x_b)_n - H(A_v(x_b))_n ||^2   and   alpha * mean_b || Ē(t_b) - Ē(A_t(t_b)) ||^2
+
+with H the adapter's visual tokens (B x T x D, adapter hooks applied) and ||.||^2 summed
+over D. Text: token dropout changes the length, so the positions of t and A_t(t) cannot be
+aligned; Ē(t) is the mean input word embedding of the instruction's tokens (tokenised alone,
+without the chat template). `visual_pool="mean"` compares token-averaged visual tokens
+instead, for per-patch projectors (LLaVA's MLP), whose token n follows image position n, which
+flips and crops move.
+
+`lm_view` chooses the inputs of the LM loss: "perturbed" (A_v(x), A_t(t); IDR is also data
+augmentation; the original view (x, t) passes the adapter alone), "clean" (x, t; the
+perturbed view passes the adapter alone) or "both" (each view through the whole model, LM
+loss = their mean).
+Extra passes per step: one of the adapter alone, or one of the whole model for "both".
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from dataclasses import replace
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from robustit.data.sample import Sample
+from robustit.defenses.base import (
+    Defense,
+    DefenseBatch,
+    DefenseConfig,
+    View,
+    check_choice,
+    check_int,
+    check_number,
+    register_defense,
+)
+from robustit.models.base import LMOutput, VisionLanguageModel
+from robustit.models.image_processing import images_to_tensor
+from robustit.train.features import image_key
+
+LM_VIEWS = ("perturbed", "clean", "both")
+GREY = (0.299, 0.587, 0.114)
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "describe": ("depict", "portray", "characterize"),
+    "depict": ("describe", "portray"),
+    "depicts": ("shows", "portrays"),
+    "shows": ("depicts", "displays"),
+    "show": ("display", "present"),
+    "image": ("picture", "photo"),
+    "picture": ("image", "photo"),
+    "photo": ("image", "picture"),
+    "briefly": ("concisely", "shortly"),
+    "brief": ("short", "concise"),
+    "short": ("brief", "concise"),
+    "detail": ("depth",),
+    "give": ("provide", "offer"),
+    "provide": ("give", "offer"),
+    "write": ("give", "compose"),
+    "caption": ("description", "summary"),
+    "description": ("caption", "account"),
+    "summarize": ("sum up", "outline"),
+    "tell": ("say", "explain"),
+    "explain": ("tell", "describe"),
+    "what": ("which",),
+    "see": ("observe", "notice"),
+    "scene": ("view", "setting"),
+    "sentence": ("line", "phrase"),
+}
+WORD = re.compile(r"^(\W*)(\w+)(\W*)$")
+
+
+def augment_pixels(
+    pixels: torch.Tensor,
+    generator: torch.Generator,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    flip: float,
+    crop: float,
+) -> torch.Tensor:
+    """A_v of one 3 x H x W image in [0, 1]; same shape, values in [0, 1]."""
+    u = torch.rand(7, generator=generator).tolist()
+    grey = torch.tensor(GREY, dtype=pixels.dtype).view(3, 1, 1)
+    x = (pixels * (1 + brightness * (2 * u[0] - 1))).clamp(0, 1)
+    mean = (x * grey).sum(0).mean()
+    x = (mean + (x - mean) * (1 + contrast * (2 * u[1] - 1))).clamp(0, 1)
+    g = (x * grey).sum(0, keepdim=True)
+    x = (g + (x - g) * (1 + saturation * (2 * u[2] - 1))).clamp(0, 1)
+    if u[3] < flip:
+        x = x.flip(-1)
+    height, width = x.shape[-2:]
+    side = 1 - crop * u[4]
+    h, w = max(1, round(side * height)), max(1, round(side * width))
+    top, left = math.floor(u[5] * (height - h + 1)), math.floor(u[6] * (width - w + 1))
+    window = x[None, :, top : top + h, left : left + w]
+    return F.interpolate(window, size=(height, width), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+
+
+def augment_text(text: str, rng: random.Random, dropout: float, synonym: float) -> str:
+    """A_t: word dropout, then synonym substitution from `SYNONYMS`."""
+    words = text.split()
+    kept = [word for word in words if rng.random() >= dropout]
+    if words and not kept:
+        kept = [rng.choice(words)]
+    out = []
+    for word in kept:
+        match, draw = WORD.match(word), rng.random()
+        choices = SYNONYMS.get(match.group(2).lower(), ()) if match else ()
+        if choices and draw < synonym:
+            lead, core, tail = match.groups()
+            new = rng.choice(choices)
+            word = lead + (new[0].upper() + new[1:] if core[0].isupper() else new) + tail
+        out.append(word)
+    return " ".join(out)
+
+
+def to_image(pixels: torch.Tensor) -> Image.Image:
+    """3 x H x W [0, 1] pixels as an RGB image (rounded to uint8)."""
+    return Image.fromarray((pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def view_seed(seed: int, key: str, k: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{k}".encode()).digest()[:8], "little")
+
+
+def pooled_embeddings(model: VisionLanguageModel, texts: Sequence[str]) -> torch.Tensor:
+    """Ē(t) for each text (B x D): the mean input embedding of its tokens (zeros if none)."""
+    ids = model.tokenizer(list(texts), add_special_tokens=False).input_ids
+    device = model.device
+    lengths = torch.tensor([len(row) for row in ids], device=device)
+    flat = torch.tensor([token for row in ids for token in row], dtype=torch.long, device=device)
+    embeds = model.decoder.get_input_embeddings()(flat).float()
+    rows = torch.repeat_interleave(torch.arange(len(ids), device=device), lengths)
+    sums = embeds.new_zeros(len(ids), embeds.shape[-1]).index_add(0, rows, embeds)
+    return sums / lengths.clamp(min=1).unsqueeze(-1)
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean over all but the last axis of ||a - b||^2 (summed over the last)."""
+    return (a.float() - b.float()).pow(2).sum(-1).mean()
+
+
+@register_defense
+class IDR(Defense):
+    name = "idr"
+    defaults = {
+        "alpha": 2.0,
+        "lm_view": "perturbed",
+        "views_per_image": 4,
+        "brightness": 0.2,
+        "contrast": 0.2,
+        "saturation": 0.2,
+        "flip": 0.5,
+        "crop": 0.1,
+        "token_dropout": 0.1,
+        "synonym": 0.3,
+        "visual_pool": "tokens",
+        "seed": None,
+    }
+
+    def __init__(self, config: DefenseConfig) -> None:
+        super().__init__(config)
+        p = self.params
+        self.alpha = check_number(self.name, "alpha", p["alpha"], 0.0, math.inf)
+        self.lm_view: str = check_choice(self.name, "lm_view", p["lm_view"], LM_VIEWS)
+        self.views_per_image = check_int(self.name, "views_per_image", p["views_per_image"], 1)
+        self.visual = {key: check_number(self.name, key, p[key], 0.0, 1.0)
+                       for key in ("brightness", "contrast", "saturation", "flip", "crop")}
+        self.text = {key: check_number(self.name, key, p[key], 0.0, 1.0) for key in ("token_dropout", "synonym")}
+        self.visual_pool: str = check_choice(self.name, "visual_pool", p["visual_pool"], ("tokens", "mean"))
+        if p["seed"] is not None:
+            check_int(self.name, "seed", p["seed"], 0)
+        self.seed = 0
+        self._rng = random.Random()
+        self._pool: dict[tuple[str, int], Image.Image] = {}
+        self.image_size: int | None = None
+
+    def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
+        """Fix the view size; `seed: null` takes torch's seed, which `train` sets to train.seed."""
+        self.image_size = model.image_size
+        self.seed = torch.initial_seed() if self.params["seed"] is None else self.params["seed"]
+        self._rng.seed(self.seed)
+        self._pool.clear()
+
+    def visual_view(self, image: Image.Image) -> Image.Image:
+        """One of the image's `views_per_image` pooled views, at the model's input size."""
+        if self.image_size is None:
+            raise RuntimeError("IDR.prepare(model, dataset) must run before views are drawn")
+        key = (image_key(image), self._rng.randrange(self.views_per_image))
+        if key not in self._pool:
+            pixels = images_to_tensor([image], self.image_size)[0]
+            generator = torch.Generator().manual_seed(view_seed(self.seed, *key))
+            self._pool[key] = to_image(augment_pixels(pixels, generator, **self.visual))
+        return self._pool[key]
+
+    def augment(self, batch: DefenseBatch) -> list[View]:
+        views = dict(batch.views)
+        original = views["original"]
+        images = [self.visual_view(image) for image in original.images]
+        dropout, synonym = self.text["token_dropout"], self.text["synonym"]
+        instructions = [augment_text(t, self._rng, dropout, synonym) for t in original.instructions]
+        forward_original, forward_perturbed = self.lm_view != "perturbed", self.lm_view != "clean"
+        weight = 0.5 if self.lm_view == "both" else 1.0
+        views["original"] = replace(original, forward=forward_original, lm_weight=weight if forward_original else 0.0)
+        views["perturbed"] = View("perturbed", images, instructions, list(original.responses),
+                                  forward=forward_perturbed, lm_weight=weight if forward_perturbed else 0.0)
+        return list(views.values())
+
+    def _visual_tokens(self, model: VisionLanguageModel, view: View, outputs: dict[str, LMOutput]) -> torch.Tensor:
+        if view.name in outputs:
+            return outputs[view.name].visual_tokens
+        self.extra_forward_passes += 1
+        return model.adapter(view.features)
+
+    def loss(self, model: VisionLanguageModel, batch: DefenseBatch, outputs: dict[str, LMOutput]) -> dict[str, torch.Tensor]:
+        original, perturbed = batch.views["original"], batch.views["perturbed"]
+        h_original = self._visual_tokens(model, original, outputs)
+        h_perturbed = self._visual_tokens(model, perturbed, outputs)
+        if self.visual_pool == "mean":
+            h_original, h_perturbed = h_original.mean(-2), h_perturbed.mean(-2)
+        e_original = pooled_embeddings(model, original.instructions)
+        e_perturbed = pooled_embeddings(model, perturbed.instructions)
+        return {
+            "idr_visual": self.alpha * squared_distance(h_original, h_perturbed),
+            "idr_text": self.alpha * squared_distance(e_original, e_perturbed),
+        }
