@@ -108,3 +108,14 @@ def test_attack_benchmark_writes_one_row_per_attack(karpathy, tmp_path):
     assert lines[0].startswith("| attack | ASR | ASR img | ASR txt | false trig.")
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["badnets", "trojvqa"]
     assert (tmp_path / "runs" / "tiny" / "trojvqa" / "metrics.json").exists()
+
+
+def test_attack_benchmark_reuses_finished_runs_of_the_same_config(karpathy, tmp_path, capsys):
+    from robustit.bench.attacks import run_attack_benchmark
+
+    overrides = tiny_overrides(karpathy, tmp_path)
+    first = run_attack_benchmark(["badnets"], overrides, tmp_path / "a.md").read_text()
+    again = run_attack_benchmark(["badnets"], overrides, tmp_path / "b.md").read_text()
+    assert again == first and "reusing the finished run" in capsys.readouterr().out
+    run_attack_benchmark(["badnets"], overrides + ["train.max_steps=5"], tmp_path / "c.md")
+    assert "reusing" not in capsys.readouterr().out.split("attack benchmark: badnets")[-1]

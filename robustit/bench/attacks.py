@@ -7,8 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+import yaml
+
 from robustit.attacks import ATTACKS
-from robustit.config import load_config
+from robustit.config import ExperimentConfig, load_config
 from robustit.pipeline import run_experiment
 from robustit.report import markdown_table
 
@@ -30,15 +32,26 @@ def attack_row(name: str, metrics: dict) -> dict[str, str]:
     }
 
 
+def completed(run_dir: Path, config: ExperimentConfig) -> bool:
+    """Whether `run_dir` holds a finished run of exactly `config` (so a killed benchmark resumes)."""
+    saved = run_dir / "config.yaml"
+    return (run_dir / "metrics.json").exists() and saved.exists() and yaml.safe_load(saved.read_text()) == config.to_dict()
+
+
 def run_attack_benchmark(attacks: Sequence[str] | None, overrides: Sequence[str], out: Path) -> Path:
-    """Run each attack (all registered ones by default); write the table to `out`."""
+    """Run each attack (all registered ones by default), reusing finished runs of the same
+    config; write the table to `out` after each."""
     names = list(attacks or ATTACKS.names())
     rows = []
     for name in names:
         with resources.as_file(CONFIGS / "demo.yaml") as demo, resources.as_file(CONFIGS / "attacks" / f"{name}.yaml") as attack:
             config = load_config([demo, attack], ["name=bench-attacks", "evaluate_base=false", *overrides])
-        print(f"[robustit] attack benchmark: {name}", flush=True)
-        run_dir = run_experiment(config)
+        run_dir = config.run_dir()
+        if completed(run_dir, config):
+            print(f"[robustit] attack benchmark: {name}: reusing the finished run in {run_dir}", flush=True)
+        else:
+            print(f"[robustit] attack benchmark: {name}", flush=True)
+            run_experiment(config)
         rows.append(attack_row(name, json.loads((run_dir / "metrics.json").read_text())))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown_table(rows) + "\n")
