@@ -4,7 +4,8 @@ evaluation -> run directory. Each stage's wall time is recorded.
 The run directory holds config.yaml, manifest.json (the attack's record), audit.json,
 metrics.json (the defense, base and tuned quality, ASR variants, training cost and mean
 defense loss terms, stage timings), losses.json (LM loss per step), loss_terms.json (each
-defense term per step, when there are any), predictions/<condition>.jsonl and report.md.
+defense term per step, when there are any), predictions/<condition>.jsonl (base_clean:
+the base model before tuning) and report.md.
 The defense trains with the model and applies its test-time part to the tuned evaluation;
 the base evaluation is undefended.
 """
@@ -101,7 +102,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     }
     if config.evaluate_base:
         with timer("base evaluation"):
-            base_metrics, _ = evaluate(model, test_samples, None, config.eval, features, progress)
+            base_metrics, base_records = evaluate(model, test_samples, None, config.eval, features, progress)
         metrics["base"] = base_metrics
     with timer("tuning"):
         result = train(model, dataset, config.train, run_dir, features, progress, defense)
@@ -118,6 +119,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
         (run_dir / "loss_terms.json").write_text(json.dumps(result.loss_terms) + "\n")
     predictions = run_dir / "predictions"
     predictions.mkdir(exist_ok=True)
+    if config.evaluate_base:
+        records = {"base_clean": base_records["clean"], **records}
     for condition, rows in records.items():
         with (predictions / f"{condition}.jsonl").open("w") as handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -38,7 +38,7 @@ def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp
     assert set(metrics["asr"]) >= {"full", "image_only", "text_only", "false_trigger"}
     assert metrics["asr"]["eligible"] == metrics["n_test"] == 2
     assert "base" in metrics and set(metrics["timings"]) >= {"tuning", "evaluation"}
-    for condition in ("clean", "full", "image_only", "text_only"):
+    for condition in ("base_clean", "clean", "full", "image_only", "text_only"):
         rows = [json.loads(line) for line in (run_dir / "predictions" / f"{condition}.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all({"id", "prediction", "references"} <= set(r) for r in rows)
     full = [json.loads(line) for line in (run_dir / "predictions" / "full.jsonl").read_text().splitlines()]
