@@ -7,8 +7,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from robustit.attacks import ATTACKS
 from robustit.config import ExperimentConfig, load_config
 from robustit.pipeline import run_experiment
@@ -33,9 +31,10 @@ def attack_row(name: str, metrics: dict) -> dict[str, str]:
 
 
 def completed(run_dir: Path, config: ExperimentConfig) -> bool:
-    """Whether `run_dir` holds a finished run of exactly `config` (so a killed benchmark resumes)."""
+    """Whether `run_dir` holds a finished run whose saved config, read over today's defaults,
+    is `config` (so a killed benchmark resumes)."""
     saved = run_dir / "config.yaml"
-    return (run_dir / "metrics.json").exists() and saved.exists() and yaml.safe_load(saved.read_text()) == config.to_dict()
+    return (run_dir / "metrics.json").exists() and saved.exists() and load_config(saved).to_dict() == config.to_dict()
 
 
 def run_attack_benchmark(attacks: Sequence[str] | None, overrides: Sequence[str], out: Path) -> Path:
