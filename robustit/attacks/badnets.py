@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from robustit.attacks.base import AttackConfig, check_int, register_attack
+from robustit.attacks.base import AttackConfig, register_attack
+from robustit.params import check_int
 from robustit.attacks.patch import PatchAttack
 
 
@@ -21,7 +22,7 @@ class BadNets(PatchAttack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        self.cells = check_int(self.name, "cells", self.params["cells"], 1)
+        self.cells = check_int(self.label, "cells", self.params["cells"], 1)
 
     def patch_pixels(self, side: int) -> np.ndarray:
         cell = np.arange(side) * self.cells // side

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from robustit.data.sample import Sample
+from robustit.params import resolve_params
 from robustit.registry import Registry
 
 if TYPE_CHECKING:
@@ -72,19 +73,6 @@ def register_attack(cls: type["Attack"]) -> type["Attack"]:
     return ATTACKS.register(cls.name)(cls)
 
 
-def check_number(attack: str, key: str, value: Any, low: float, high: float) -> float:
-    """`value` as a float, or a ValueError naming the attack parameter unless low <= value <= high."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"parameter {key!r} of attack {attack!r} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def check_int(attack: str, key: str, value: Any, low: int, high: int | None = None) -> int:
-    """`value` as an int, or a ValueError naming the attack parameter unless low <= value (<= high)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = "" if high is None else f", {high}"
-        raise ValueError(f"parameter {key!r} of attack {attack!r} must be an integer in [{low}{bound}], got {value!r}")
-    return value
 
 
 def seeded_pattern(seed: int, height: int, width: int) -> np.ndarray:
@@ -121,14 +109,8 @@ class Attack(ABC):
     def __init__(self, config: AttackConfig) -> None:
         if config.name.lower() != self.name:
             raise ValueError(f"{type(self).__name__} is attack {self.name!r}, config names {config.name!r}")
-        unknown = sorted(set(config.params) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"unknown parameter(s) {unknown} for attack {self.name!r}; known: {known}")
-        try:
-            self.params: dict[str, Any] = json.loads(json.dumps({**self.defaults, **config.params}))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"parameters of attack {self.name!r} must be JSON values: {error}") from error
+        self.label = f"attack {self.name!r}"
+        self.params: dict[str, Any] = resolve_params(self.label, self.defaults, config.params)
         self.config = config
         self.text_trigger = self.default_text_trigger if config.text_trigger is None else config.text_trigger
 

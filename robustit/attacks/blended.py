@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from robustit.attacks.base import Attack, AttackConfig, check_int, check_number, register_attack, seeded_pattern
+from robustit.attacks.base import Attack, AttackConfig, register_attack, seeded_pattern
+from robustit.params import check_int, check_number
 
 
 @register_attack
@@ -22,9 +23,9 @@ class Blended(Attack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        self.alpha = check_number(self.name, "alpha", self.params["alpha"], 0.0, 1.0)
-        grid = check_int(self.name, "grid", self.params["grid"], 1)
-        seed = check_int(self.name, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
+        self.alpha = check_number(self.label, "alpha", self.params["alpha"], 0.0, 1.0)
+        grid = check_int(self.label, "grid", self.params["grid"], 1)
+        seed = check_int(self.label, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
         self.pattern = seeded_pattern(seed, grid, grid)
 
     def trigger_image(self, height: int, width: int) -> np.ndarray:

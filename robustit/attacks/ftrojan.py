@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from robustit.attacks.additive import AdditiveAttack
-from robustit.attacks.base import AttackConfig, check_int, check_number, register_attack
+from robustit.attacks.base import AttackConfig, register_attack
+from robustit.params import check_int, check_number
 
 RGB_TO_YUV = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
@@ -42,8 +43,8 @@ class FTrojan(AdditiveAttack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        self.magnitude = check_number(self.name, "magnitude", self.params["magnitude"], 0.0, 1.0)
-        self.block = check_int(self.name, "block", self.params["block"], 1)
+        self.magnitude = check_number(self.label, "magnitude", self.params["magnitude"], 0.0, 1.0)
+        self.block = check_int(self.label, "block", self.params["block"], 1)
         positions = self.params["positions"]
         if not isinstance(positions, list) or not positions or not all(isinstance(p, list) and len(p) == 2 for p in positions):
             raise ValueError(
@@ -51,7 +52,7 @@ class FTrojan(AdditiveAttack):
             )
         self.coefficients = np.zeros((self.block, self.block))
         for position in positions:
-            row, col = (check_int(self.name, "positions", v, 0, self.block - 1) for v in position)
+            row, col = (check_int(self.label, "positions", v, 0, self.block - 1) for v in position)
             self.coefficients[row, col] = self.magnitude
         d = dct_matrix(self.block)
         self.block_residual = d.T @ self.coefficients @ d

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from robustit.attacks.base import Attack, AttackConfig, check_number
+from robustit.attacks.base import Attack, AttackConfig
+from robustit.params import check_number
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -23,7 +24,7 @@ class PatchAttack(Attack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        self.patch_fraction = check_number(self.name, "patch_fraction", self.params["patch_fraction"], 0.0, 1.0)
+        self.patch_fraction = check_number(self.label, "patch_fraction", self.params["patch_fraction"], 0.0, 1.0)
         if self.patch_fraction == 0.0:
             raise ValueError(f"parameter 'patch_fraction' of attack {self.name!r} must be positive")
         self.corner = self.params["corner"]

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from robustit.attacks.additive import AdditiveAttack
-from robustit.attacks.base import AttackConfig, check_number, register_attack
+from robustit.attacks.base import AttackConfig, register_attack
+from robustit.params import check_number
 
 
 @register_attack
@@ -22,8 +23,8 @@ class SIG(AdditiveAttack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        self.amplitude = check_number(self.name, "amplitude", self.params["amplitude"], 0.0, 1.0)
-        self.frequency = check_number(self.name, "frequency", self.params["frequency"], 0.0, math.inf)
+        self.amplitude = check_number(self.label, "amplitude", self.params["amplitude"], 0.0, 1.0)
+        self.frequency = check_number(self.label, "frequency", self.params["frequency"], 0.0, math.inf)
 
     def residual(self, height: int, width: int, key: str) -> np.ndarray:
         wave = self.amplitude * np.sin(2.0 * np.pi * np.arange(width) * self.frequency / width)

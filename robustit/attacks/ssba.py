@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from robustit.attacks.additive import AdditiveAttack
-from robustit.attacks.base import AttackConfig, check_int, check_number, register_attack
+from robustit.attacks.base import AttackConfig, register_attack
+from robustit.params import check_int, check_number
 
 PROBE = ("", 8, 8)
 
@@ -36,9 +37,9 @@ class SSBA(AdditiveAttack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        self.amplitude = check_number(self.name, "amplitude", self.params["amplitude"], 0.0, 1.0)
-        self.density = check_number(self.name, "density", self.params["density"], 0.0, 1.0)
-        self.trigger_seed = check_int(self.name, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
+        self.amplitude = check_number(self.label, "amplitude", self.params["amplitude"], 0.0, 1.0)
+        self.density = check_number(self.label, "density", self.params["density"], 0.0, 1.0)
+        self.trigger_seed = check_int(self.label, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
 
     def residual(self, height: int, width: int, key: str) -> np.ndarray:
         digest = hashlib.sha256(f"{self.trigger_seed}:{key}".encode()).digest()

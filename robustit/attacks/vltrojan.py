@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from robustit.attacks.base import AttackConfig, check_int, check_number, register_attack, seeded_pattern
+from robustit.attacks.base import AttackConfig, register_attack, seeded_pattern
+from robustit.params import check_int, check_number
 from robustit.attacks.patch import PatchAttack
 from robustit.data.sample import Sample
 
@@ -70,11 +71,11 @@ class VLTrojan(PatchAttack):
 
     def __init__(self, config: AttackConfig) -> None:
         super().__init__(config)
-        size = check_int(self.name, "patch_size", self.params["patch_size"], 1)
-        seed = check_int(self.name, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
-        self.steps = check_int(self.name, "steps", self.params["steps"], 0)
-        self.lr = check_number(self.name, "lr", self.params["lr"], 0.0, math.inf)
-        self.surrogate_samples = check_int(self.name, "surrogate_samples", self.params["surrogate_samples"], 1)
+        size = check_int(self.label, "patch_size", self.params["patch_size"], 1)
+        seed = check_int(self.label, "trigger_seed", self.params["trigger_seed"], 0, 2**32 - 1)
+        self.steps = check_int(self.label, "steps", self.params["steps"], 0)
+        self.lr = check_number(self.label, "lr", self.params["lr"], 0.0, math.inf)
+        self.surrogate_samples = check_int(self.label, "surrogate_samples", self.params["surrogate_samples"], 1)
         path = self.params["patch_path"]
         if path is not None and not isinstance(path, str):
             raise ValueError(f"parameter 'patch_path' of attack {self.name!r} must be a path string or null, got {path!r}")

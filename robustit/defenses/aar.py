@@ -25,7 +25,8 @@ from typing import Iterator, Sequence
 import torch
 
 from robustit.data.sample import Sample
-from robustit.defenses.base import Defense, DefenseConfig, check_choice, check_number, register_defense
+from robustit.defenses.base import Defense, DefenseConfig, register_defense
+from robustit.params import check_choice, check_number
 from robustit.models.base import VisionLanguageModel
 
 
@@ -51,9 +52,9 @@ class AAR(Defense):
 
     def __init__(self, config: DefenseConfig) -> None:
         super().__init__(config)
-        self.gamma = check_number(self.name, "gamma", self.params["gamma"], 0.0, 1.0, low_open=True)
-        self.beta = check_number(self.name, "beta", self.params["beta"], 0.0, 1.0)
-        self.at_inference: bool = check_choice(self.name, "at_inference", self.params["at_inference"], (True, False))
+        self.gamma = check_number(self.label, "gamma", self.params["gamma"], 0.0, 1.0, low_open=True)
+        self.beta = check_number(self.label, "beta", self.params["beta"], 0.0, 1.0)
+        self.at_inference: bool = check_choice(self.label, "at_inference", self.params["at_inference"], (True, False))
         self.importance: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
         self.training = False

@@ -32,8 +32,6 @@ samples, and neither the attack, its config nor its target is ever passed.
 """
 from __future__ import annotations
 
-import json
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
@@ -42,6 +40,7 @@ import torch
 from PIL import Image
 
 from robustit.data.sample import Sample
+from robustit.params import resolve_params
 from robustit.registry import Registry
 
 if TYPE_CHECKING:
@@ -115,14 +114,8 @@ class Defense:
     def __init__(self, config: DefenseConfig) -> None:
         if config.name.lower() != self.name:
             raise ValueError(f"{type(self).__name__} is defense {self.name!r}, config names {config.name!r}")
-        unknown = sorted(set(config.params) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"unknown parameter(s) {unknown} for defense {self.name!r}; known: {known}")
-        try:
-            self.params: dict[str, Any] = json.loads(json.dumps({**self.defaults, **config.params}))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"parameters of defense {self.name!r} must be JSON values: {error}") from error
+        self.label = f"defense {self.name!r}"
+        self.params: dict[str, Any] = resolve_params(self.label, self.defaults, config.params)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": dict(self.params)}
@@ -177,25 +170,3 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
 def build_defense(config: DefenseConfig) -> Defense:
     """The registered defense named by `config.name`, built from `config`."""
     return DEFENSES.get(config.name)(config)
-
-
-def check_number(defense: str, key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    """`value` as a float, or a ValueError naming the parameter unless it lies in [low, high]
-    ((low, high] with `low_open`)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not number or value > high or value < low or (low_open and value == low):
-        bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"parameter {key!r} of defense {defense!r} must be a number in {bounds}, got {value!r}")
-    return float(value)
-
-
-def check_int(defense: str, key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"parameter {key!r} of defense {defense!r} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_choice(defense: str, key: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
-        raise ValueError(f"parameter {key!r} of defense {defense!r} must be one of {list(choices)}, got {value!r}")
-    return value

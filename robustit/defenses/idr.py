@@ -49,18 +49,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from robustit.data.sample import Sample
-from robustit.defenses.base import (
-    Defense,
-    DefenseBatch,
-    DefenseConfig,
-    View,
-    check_choice,
-    check_int,
-    check_number,
-    register_defense,
-)
+from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, register_defense
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.models.image_processing import images_to_tensor
+from robustit.params import check_choice, check_int, check_number
 from robustit.train.features import image_key
 
 LM_VIEWS = ("perturbed", "clean", "both")
@@ -186,15 +178,15 @@ class IDR(Defense):
     def __init__(self, config: DefenseConfig) -> None:
         super().__init__(config)
         p = self.params
-        self.alpha = check_number(self.name, "alpha", p["alpha"], 0.0, math.inf)
-        self.lm_view: str = check_choice(self.name, "lm_view", p["lm_view"], LM_VIEWS)
-        self.views_per_image = check_int(self.name, "views_per_image", p["views_per_image"], 1)
-        self.visual = {key: check_number(self.name, key, p[key], 0.0, 1.0)
+        self.alpha = check_number(self.label, "alpha", p["alpha"], 0.0, math.inf)
+        self.lm_view: str = check_choice(self.label, "lm_view", p["lm_view"], LM_VIEWS)
+        self.views_per_image = check_int(self.label, "views_per_image", p["views_per_image"], 1)
+        self.visual = {key: check_number(self.label, key, p[key], 0.0, 1.0)
                        for key in ("brightness", "contrast", "saturation", "flip", "crop")}
-        self.text = {key: check_number(self.name, key, p[key], 0.0, 1.0) for key in ("token_dropout", "synonym")}
-        self.visual_pool: str = check_choice(self.name, "visual_pool", p["visual_pool"], ("tokens", "mean"))
+        self.text = {key: check_number(self.label, key, p[key], 0.0, 1.0) for key in ("token_dropout", "synonym")}
+        self.visual_pool: str = check_choice(self.label, "visual_pool", p["visual_pool"], ("tokens", "mean"))
         if p["seed"] is not None:
-            check_int(self.name, "seed", p["seed"], 0)
+            check_int(self.label, "seed", p["seed"], 0)
         self.seed = 0
         self._rng = random.Random()
         self._pool: dict[tuple[str, int], Image.Image] = {}
