@@ -1,9 +1,14 @@
 """The `robustit` command.
 
     robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
-    robustit demo [--set ...]                                the packaged demo experiment
+    robustit demo [--set ...]                                the demo: VanillaIT and RobustIT side by side
     robustit report RUN_DIR                                  re-render a run's report.md
-    robustit bench attacks [--attacks a,b] [--set ...]       VanillaIT on every attack, one table
+    robustit bench attacks [--attacks a,b]                   VanillaIT on every attack, one table
+    robustit bench defenses [--defenses v1,v2|components|paper] [--attack NAME]
+                                                             defense variants on one attack, one table
+    robustit bench overhead [--defense NAME] [--steps N]     tuning time of a defense / VanillaIT's
+    robustit activations --run LABEL=RUN_DIR ... --trigger-from RUN_DIR --out PNG
+                                                             per-channel adapter activation figure
 """
 from __future__ import annotations
 
@@ -11,26 +16,36 @@ import argparse
 import json
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from robustit.config import load_config
+from robustit.config import load_config, packaged_config
 from robustit.report import markdown_table, summary_row, write_report
 
-DEMO_CONFIG = resources.files("robustit") / "configs" / "demo.yaml"
+DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("RobustIT", "robustit"))
 
 
-def _print_run(run_dir: Path) -> None:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    rows = [summary_row("base (before tuning)", metrics["base"])] if "base" in metrics else []
-    rows.append(summary_row(metrics["name"], metrics))
+def _print_runs(labelled: list[tuple[str, Path]]) -> None:
+    """The table of the runs (the base model first where the first run evaluated it), then
+    each run's stage timings and report path."""
+    runs = [(label, json.loads((run_dir / "metrics.json").read_text()), run_dir) for label, run_dir in labelled]
+    first = runs[0][1]
+    rows = [summary_row("base (before tuning)", first["base"])] if "base" in first else []
+    rows += [summary_row(label, metrics) for label, metrics, _ in runs]
     print()
     print(markdown_table(rows))
-    print()
-    print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
-    print(f"report: {run_dir / 'report.md'}")
+    if len(runs) > 1:
+        reference = first["train"]["seconds"]
+        print()
+        print("tuning time over " + runs[0][0] + "'s: " + ", ".join(
+            f"{label} {metrics['train']['seconds'] / reference:.2f} "
+            f"({metrics['train']['extra_forward_passes'] / metrics['train']['steps']:.2f} extra passes/step)"
+            for label, metrics, _ in runs[1:]))
+    for label, metrics, run_dir in runs:
+        print()
+        print(f"{label} stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
+        print(f"{label} report: {run_dir / 'report.md'}")
 
 
 def _run(config_paths: list[Path], overrides: list[str], threads: int | None) -> int:
@@ -39,8 +54,67 @@ def _run(config_paths: list[Path], overrides: list[str], threads: int | None) ->
     if threads:
         torch.set_num_threads(threads)
     config = load_config(config_paths, overrides)
-    run_dir = run_experiment(config)
-    _print_run(run_dir)
+    _print_runs([(config.name, run_experiment(config))])
+    return 0
+
+
+def _demo(overrides: list[str], threads: int | None) -> int:
+    """VanillaIT and RobustIT on the same poisoned data (the base model evaluated once)."""
+    from robustit.pipeline import run_experiment
+
+    if threads:
+        torch.set_num_threads(threads)
+    configs = [(label, packaged_config([f"defenses/{name}"], [*overrides, *(["evaluate_base=false"] if i else [])]))
+               for i, (label, name) in enumerate(DEMO_DEFENSES)]
+    directories = {config.run_dir() for _, config in configs}
+    if len(directories) < len(configs):
+        raise ValueError(f"the demo's runs share the run directory {directories.pop()}: put {{defense}} in output_dir")
+    runs = []
+    for label, config in configs:
+        print(f"[robustit] demo: {label}", flush=True)
+        runs.append((label, run_experiment(config)))
+    _print_runs(runs)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or Path(f"runs/bench-{args.suite}/table.md")
+    if args.suite == "attacks":
+        from robustit.bench.attacks import run_attack_benchmark
+
+        out = run_attack_benchmark(args.attacks.split(",") if args.attacks else None, args.overrides, out)
+    elif args.suite == "defenses":
+        from robustit.bench.defenses import PRESETS, run_defense_benchmark
+
+        variants = PRESETS.get(args.defenses) or tuple(args.defenses.split(","))
+        out = run_defense_benchmark(variants, args.attack, args.overrides, out)
+    else:
+        from robustit.bench.overhead import run_overhead_benchmark
+
+        out = run_overhead_benchmark(args.defense, args.attack, args.steps, args.overrides, out)
+    print(out.read_text())
+    print(f"table: {out}")
+    return 0
+
+
+def _activations(args: argparse.Namespace) -> int:
+    from robustit.eval.activations import figure, peak_statistics, run_activations
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    labelled = [spec.split("=", 1) for spec in args.run]
+    if any(len(pair) != 2 for pair in labelled):
+        raise ValueError(f"--run takes LABEL=RUN_DIR, got {args.run}")
+    activations = run_activations([Path(d) for _, d in labelled], args.trigger_from, args.size)
+    labels = [label for label, _ in labelled]
+    stats = {label: peak_statistics(a) for label, a in zip(labels, activations)}
+    png = figure(labels, activations, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps(stats, indent=2) + "\n")
+    for label, s in stats.items():
+        print(f"{label}: peak/median {s['peak_ratio']:.2f}, top-1% share {100 * s['top1pct_share']:.2f}%, mean {s['mean']:.4f}")
+    print(f"figure: {png}")
     return 0
 
 
@@ -51,10 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, action="append", default=[],
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
-    bench = sub.add_parser("bench", help="benchmarks: `attacks` tunes VanillaIT on every attack")
-    bench.add_argument("suite", choices=["attacks"])
-    bench.add_argument("--attacks", help="comma-separated attack names (default: all)")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench-attacks/table.md"))
+    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, overhead")
+    bench.add_argument("suite", choices=["attacks", "defenses", "overhead"])
+    bench.add_argument("--attacks", help="attacks: comma-separated attack names (default: all)")
+    bench.add_argument("--defenses", default="components",
+                       help="defenses: comma-separated variants name[:key=value...], or a preset: "
+                            "components (vanilla, aar, idr, robustit) or paper (components + the paper's ablations)")
+    bench.add_argument("--attack", default="badnets", help="defenses, overhead: the attack (default badnets)")
+    bench.add_argument("--defense", default="robustit", help="overhead: the defense timed against VanillaIT")
+    bench.add_argument("--steps", type=int, default=100, help="overhead: tuning steps of each (default 100)")
+    bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite>/table.md)")
+    activations = sub.add_parser("activations", help="per-channel adapter activation of tuned runs, as a PNG")
+    activations.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR",
+                             help="a finished run (repeatable; one panel each, in order)")
+    activations.add_argument("--trigger-from", type=Path, required=True,
+                             help="a poisoned run: its test data and image trigger are the inputs")
+    activations.add_argument("--size", type=int, default=100, help="test images (default 100)")
+    activations.add_argument("--out", type=Path, required=True, help="the PNG (statistics go beside it as .json)")
+    activations.add_argument("--threads", type=int, help="torch CPU threads")
     for p in (run, demo, bench):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
@@ -67,18 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config, args.overrides, args.threads)
         if args.command == "demo":
-            with resources.as_file(DEMO_CONFIG) as path:
-                return _run([path], args.overrides, args.threads)
+            return _demo(args.overrides, args.threads)
         if args.command == "bench":
-            from robustit.bench.attacks import run_attack_benchmark
-
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            names = args.attacks.split(",") if args.attacks else None
-            out = run_attack_benchmark(names, args.overrides, args.out)
-            print(out.read_text())
-            print(f"table: {out}")
-            return 0
+            return _bench(args)
+        if args.command == "activations":
+            return _activations(args)
         print(write_report(args.run_dir))
         return 0
     except (ValueError, KeyError, FileNotFoundError) as error:

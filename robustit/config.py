@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,3 +141,21 @@ def load_config(
     for override in overrides or []:
         layered = merge(layered, parse_override(override))
     return _build(ExperimentConfig, layered, "")
+
+
+PACKAGED_CONFIGS = resources.files("robustit") / "configs"
+
+
+def packaged_config(layers: Sequence[str], overrides: Sequence[str] | None = None) -> ExperimentConfig:
+    """The packaged demo config, then each packaged config `layers` names (e.g.
+    "attacks/sig", "defenses/robustit"), then `overrides`."""
+    with ExitStack() as stack:
+        paths = [stack.enter_context(resources.as_file(PACKAGED_CONFIGS / "demo.yaml"))]
+        for layer in layers:
+            resource = PACKAGED_CONFIGS / f"{layer}.yaml"
+            if not resource.is_file():
+                folder = PACKAGED_CONFIGS / layer.split("/")[0]
+                known = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+                raise ValueError(f"no packaged config {layer!r}; known in {layer.split('/')[0]}/: {known}")
+            paths.append(stack.enter_context(resources.as_file(resource)))
+        return load_config(paths, overrides)

@@ -2,17 +2,12 @@
 tuning and poison rate, one run each, collected into one Markdown table."""
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 from robustit.attacks import ATTACKS
-from robustit.config import ExperimentConfig, load_config
-from robustit.pipeline import run_experiment
-from robustit.report import markdown_table
-
-CONFIGS = resources.files("robustit") / "configs"
+from robustit.config import packaged_config
+from robustit.bench.common import run_or_reuse, write_table
 
 
 def attack_row(name: str, metrics: dict) -> dict[str, str]:
@@ -30,28 +25,12 @@ def attack_row(name: str, metrics: dict) -> dict[str, str]:
     }
 
 
-def completed(run_dir: Path, config: ExperimentConfig) -> bool:
-    """Whether `run_dir` holds a finished run whose saved config, read over today's defaults,
-    is `config` (so a killed benchmark resumes)."""
-    saved = run_dir / "config.yaml"
-    return (run_dir / "metrics.json").exists() and saved.exists() and load_config(saved).to_dict() == config.to_dict()
-
-
 def run_attack_benchmark(attacks: Sequence[str] | None, overrides: Sequence[str], out: Path) -> Path:
     """Run each attack (all registered ones by default), reusing finished runs of the same
     config; write the table to `out` after each."""
-    names = list(attacks or ATTACKS.names())
     rows = []
-    for name in names:
-        with resources.as_file(CONFIGS / "demo.yaml") as demo, resources.as_file(CONFIGS / "attacks" / f"{name}.yaml") as attack:
-            config = load_config([demo, attack], ["name=bench-attacks", "evaluate_base=false", *overrides])
-        run_dir = config.run_dir()
-        if completed(run_dir, config):
-            print(f"[robustit] attack benchmark: {name}: reusing the finished run in {run_dir}", flush=True)
-        else:
-            print(f"[robustit] attack benchmark: {name}", flush=True)
-            run_experiment(config)
-        rows.append(attack_row(name, json.loads((run_dir / "metrics.json").read_text())))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(markdown_table(rows) + "\n")
+    for name in list(attacks or ATTACKS.names()):
+        config = packaged_config([f"attacks/{name}"], ["name=bench-attacks", "evaluate_base=false", *overrides])
+        rows.append(attack_row(name, run_or_reuse(config, "attack", name)))
+        write_table(rows, out)
     return out

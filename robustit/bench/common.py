@@ -1,0 +1,34 @@
+"""What every benchmark shares: finished runs reused when their saved config matches, and
+rows collected into one Markdown table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from robustit.config import ExperimentConfig, load_config
+from robustit.pipeline import run_experiment
+from robustit.report import markdown_table
+
+def completed(run_dir: Path, config: ExperimentConfig) -> bool:
+    """Whether `run_dir` holds a finished run whose saved config, read over today's defaults,
+    is `config` (so a killed benchmark resumes)."""
+    saved = run_dir / "config.yaml"
+    return (run_dir / "metrics.json").exists() and saved.exists() and load_config(saved).to_dict() == config.to_dict()
+
+
+def run_or_reuse(config: ExperimentConfig, suite: str, label: str) -> dict[str, Any]:
+    """The metrics of `config`'s run, running it unless a finished run of it exists."""
+    run_dir = config.run_dir()
+    if completed(run_dir, config):
+        print(f"[robustit] {suite} benchmark: {label}: reusing the finished run in {run_dir}", flush=True)
+    else:
+        print(f"[robustit] {suite} benchmark: {label}", flush=True)
+        run_experiment(config)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def write_table(rows: list[dict[str, str]], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown_table(rows) + "\n")
+    return out
