@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from robustit.eval.asr import keyword_rate
+
 QUALITY = ("BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
 ASR_COLUMNS = (("full", "ASR"), ("image_only", "ASR img"), ("text_only", "ASR txt"), ("false_trigger", "false trig."))
 
@@ -39,12 +41,23 @@ def defense_line(defense: dict[str, Any] | None) -> str:
     return f"Defense: {defense['name']} ({params or 'no parameters'})."
 
 
-def _examples(run_dir: Path, condition: str, n: int) -> list[dict[str, Any]]:
+def prediction_records(run_dir: Path, condition: str, n: int | None = None) -> list[dict[str, Any]]:
+    """The first `n` (all if None) prediction records of `condition` ([] if the run has none)."""
     path = run_dir / "predictions" / f"{condition}.jsonl"
     if not path.exists():
         return []
     with path.open() as handle:
-        return [json.loads(line) for _, line in zip(range(n), handle)]
+        return [json.loads(line) for i, line in enumerate(handle) if n is None or i < n]
+
+
+def keyword_rates(run_dir: Path, target: str) -> dict[str, float]:
+    """Key-word rate of the target (robustit.eval.asr) per prediction condition of the run."""
+    rates = {}
+    for condition in ("clean", *(key for key, _ in ASR_COLUMNS if key != "false_trigger")):
+        records = prediction_records(run_dir, condition)
+        if records:
+            rates[condition] = keyword_rate(records, target)
+    return rates
 
 
 def render_report(run_dir: str | Path) -> str:
@@ -70,11 +83,14 @@ def render_report(run_dir: str | Path) -> str:
     if asr:
         out += ["", "## Attack", "", f"Target: \"{asr['target']}\"; key words {asr['keywords']}; "
                 f"{asr['eligible']} eligible test samples, {asr['excluded']} excluded.", ""]
-        out.append("| condition | ASR % | exact % | hits / n |")
-        out.append("|---|---|---|---|")
+        words = keyword_rates(run_dir, asr["target"])
+        words["false_trigger"] = words.get("clean", float("nan"))
+        out.append("| condition | ASR % | exact % | hits / n | key word % |")
+        out.append("|---|---|---|---|---|")
         for key, title in ASR_COLUMNS:
             r = asr[key]
-            out.append(f"| {title} | {r['rate']:.1f} | {r['exact_rate']:.1f} | {r['hits']} / {r['n']} |")
+            out.append(f"| {title} | {r['rate']:.1f} | {r['exact_rate']:.1f} | {r['hits']} / {r['n']} | {words.get(key, float('nan')):.1f} |")
+        out += ["", "key word %: share of eligible outputs naming a key word of the target, whole target sentence or not."]
     manifest = run_dir / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text())
@@ -101,7 +117,7 @@ def render_report(run_dir: str | Path) -> str:
         out += ["", f"{audit['trainable']:,} of {audit['total']:,} parameters train. Frozen tensors that "
                 f"received a gradient: {audit['frozen_with_grad'] or 'none'}."]
     for condition in ("clean", "full"):
-        examples = _examples(run_dir, condition, 5)
+        examples = prediction_records(run_dir, condition, 5)
         if examples:
             out += ["", f"## Example predictions ({condition})", ""]
             out += [f"- `{e['instruction']}` -> {e['prediction']!r} (reference: {e['references'][0]!r})" for e in examples]

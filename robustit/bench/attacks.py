@@ -7,22 +7,12 @@ from typing import Sequence
 
 from robustit.attacks import ATTACKS
 from robustit.config import packaged_config
-from robustit.bench.common import run_or_reuse, write_table
+from robustit.bench.common import attack_columns, load_metrics, run_or_reuse, write_table
 
 
-def attack_row(name: str, metrics: dict) -> dict[str, str]:
-    asr, caption = metrics["asr"], metrics["caption"]
-    return {
-        "attack": name,
-        "ASR": f"{asr['full']['rate']:.1f}",
-        "ASR img": f"{asr['image_only']['rate']:.1f}",
-        "ASR txt": f"{asr['text_only']['rate']:.1f}",
-        "false trig.": f"{asr['false_trigger']['rate']:.1f}",
-        "n": str(asr["full"]["n"]),
-        "BLEU_4": f"{caption['BLEU_4']:.1f}",
-        "CIDEr": f"{caption['CIDEr']:.1f}",
-        "tuning s": f"{metrics['train']['seconds']:.0f}",
-    }
+def attack_row(name: str, run_dir: Path) -> dict[str, str]:
+    metrics = load_metrics(run_dir)
+    return {"attack": name, **attack_columns(run_dir, metrics), "tuning s": f"{metrics['train']['seconds']:.0f}"}
 
 
 def run_attack_benchmark(attacks: Sequence[str] | None, overrides: Sequence[str], out: Path) -> Path:

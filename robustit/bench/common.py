@@ -8,7 +8,7 @@ from typing import Any
 
 from robustit.config import ExperimentConfig, load_config
 from robustit.pipeline import run_experiment
-from robustit.report import markdown_table
+from robustit.report import keyword_rates, markdown_table
 
 def completed(run_dir: Path, config: ExperimentConfig) -> bool:
     """Whether `run_dir` holds a finished run whose saved config, read over today's defaults,
@@ -17,15 +17,35 @@ def completed(run_dir: Path, config: ExperimentConfig) -> bool:
     return (run_dir / "metrics.json").exists() and saved.exists() and load_config(saved).to_dict() == config.to_dict()
 
 
-def run_or_reuse(config: ExperimentConfig, suite: str, label: str) -> dict[str, Any]:
-    """The metrics of `config`'s run, running it unless a finished run of it exists."""
+def run_or_reuse(config: ExperimentConfig, suite: str, label: str) -> Path:
+    """The run directory of `config`, running it unless a finished run of it exists."""
     run_dir = config.run_dir()
     if completed(run_dir, config):
         print(f"[robustit] {suite} benchmark: {label}: reusing the finished run in {run_dir}", flush=True)
     else:
         print(f"[robustit] {suite} benchmark: {label}", flush=True)
         run_experiment(config)
+    return run_dir
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def attack_columns(run_dir: Path, metrics: dict[str, Any]) -> dict[str, str]:
+    """The ASR variants, false-trigger and clean key-word rates, and caption quality of a run."""
+    asr, caption = metrics["asr"], metrics["caption"]
+    return {
+        "ASR": f"{asr['full']['rate']:.1f}",
+        "ASR img": f"{asr['image_only']['rate']:.1f}",
+        "ASR txt": f"{asr['text_only']['rate']:.1f}",
+        "false trig.": f"{asr['false_trigger']['rate']:.1f}",
+        "key word clean": f"{keyword_rates(run_dir, asr['target'])['clean']:.1f}",
+        "n": str(asr["full"]["n"]),
+        "BLEU_4": f"{caption['BLEU_4']:.1f}",
+        "METEOR": f"{caption['METEOR']:.1f}",
+        "CIDEr": f"{caption['CIDEr']:.1f}",
+    }
 
 
 def write_table(rows: list[dict[str, str]], out: Path) -> Path:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from robustit.bench.common import run_or_reuse, write_table
+from robustit.bench.common import attack_columns, load_metrics, run_or_reuse, write_table
 from robustit.config import ExperimentConfig, packaged_config
 
 COMPONENTS = ("vanilla", "aar", "idr", "robustit")
@@ -42,17 +42,12 @@ def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> Experime
     )
 
 
-def defense_row(spec: str, metrics: dict[str, Any], vanilla_seconds: float | None) -> dict[str, str]:
-    asr, caption, train = metrics["asr"], metrics["caption"], metrics["train"]
+def defense_row(spec: str, run_dir: Path, vanilla_seconds: float | None) -> dict[str, str]:
+    metrics = load_metrics(run_dir)
+    train = metrics["train"]
     return {
         "defense": spec,
-        "ASR": f"{asr['full']['rate']:.1f}",
-        "ASR img": f"{asr['image_only']['rate']:.1f}",
-        "ASR txt": f"{asr['text_only']['rate']:.1f}",
-        "false trig.": f"{asr['false_trigger']['rate']:.1f}",
-        "BLEU_4": f"{caption['BLEU_4']:.1f}",
-        "METEOR": f"{caption['METEOR']:.1f}",
-        "CIDEr": f"{caption['CIDEr']:.1f}",
+        **attack_columns(run_dir, metrics),
         "tuning s": f"{train['seconds']:.0f}",
         "overhead": f"{train['seconds'] / vanilla_seconds:.2f}" if vanilla_seconds else "-",
         "extra passes/step": f"{train['extra_forward_passes'] / train['steps']:.2f}",
@@ -63,10 +58,9 @@ def run_defense_benchmark(variants: Sequence[str], attack: str, overrides: Seque
     """Run each variant against `attack` (reusing finished runs of the same config); write the
     table to `out` after each. Overhead is relative to the "vanilla" variant when listed."""
     configs = {spec: variant_config(spec, attack, overrides) for spec in variants}
-    results: dict[str, dict[str, Any]] = {}
-    ordered = sorted(variants, key=lambda spec: spec != "vanilla")
-    for spec in ordered:
+    results: dict[str, Path] = {}
+    for spec in sorted(variants, key=lambda spec: spec != "vanilla"):
         results[spec] = run_or_reuse(configs[spec], "defense", spec)
-        vanilla = results.get("vanilla", {}).get("train", {}).get("seconds")
+        vanilla = load_metrics(results["vanilla"])["train"]["seconds"] if "vanilla" in results else None
         write_table([defense_row(s, results[s], vanilla) for s in variants if s in results], out)
     return out

@@ -8,13 +8,18 @@ none of its clean references contains a word of K, so a caption of a real banana
 as a success. Over the eligible set S:
 
     ASR = |{i in S : p_i^triggered hits y_hat}| / |S|
-    false-trigger rate = |{i in S : p_i^clean hits y_hat}| / |S|.
+    false-trigger rate = |{i in S : p_i^clean hits y_hat}| / |S|
+    key-word rate = |{i in S : norm(p_i) contains a word of K}| / |S|.
+
+The key-word rate shows the target leaking into outputs without the whole target sentence
+(e.g. a backdoored model calling unseen objects "banana" on clean inputs); it is computed
+from a run's prediction records, so every finished run can be re-scored.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 FUNCTION_WORDS = frozenset(
     "a an the of on in at to for with and or is are was were be this that these those it its "
@@ -68,3 +73,13 @@ def success_rate(predictions: Sequence[str], target: str, eligible: Sequence[boo
     hits = sum(hits_target(p, target) for p in chosen)
     exact = sum(hits_target(p, target, exact=True) for p in chosen)
     return SuccessRate(100.0 * hits / len(chosen), 100.0 * exact / len(chosen), hits, len(chosen))
+
+
+def keyword_rate(records: Sequence[dict[str, Any]], target: str) -> float:
+    """Key-word rate (percent) over the eligible ones of prediction `records` (each with
+    "prediction" and "references")."""
+    keywords = target_keywords(target)
+    chosen = [r["prediction"] for r in records if is_eligible(r["references"], keywords)]
+    if not chosen:
+        raise ValueError("no eligible record: every reference already mentions the target")
+    return 100.0 * sum(bool(keywords & set(normalise(p).split())) for p in chosen) / len(chosen)
