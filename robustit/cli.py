@@ -3,6 +3,8 @@
     robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and RobustIT side by side
     robustit report RUN_DIR                                  re-render a run's report.md
+    robustit evaluate RUN_DIR --set defense.params.at_inference=false [--out DIR]
+                                                             evaluate a tuned run again, test-time settings changed
     robustit bench attacks [--attacks a,b]                   VanillaIT on every attack, one table
     robustit bench defenses [--defenses v1,v2|components|paper] [--attack NAME]
                                                              defense variants on one attack, one table
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -35,16 +38,16 @@ def _print_runs(labelled: list[tuple[str, Path]]) -> None:
     rows += [summary_row(label, metrics) for label, metrics, _ in runs]
     print()
     print(markdown_table(rows))
-    if len(runs) > 1:
-        reference = first["train"]["seconds"]
+    timed = [(label, metrics["train"]) for label, metrics, _ in runs[1:] if "train" in metrics]
+    if timed and "train" in first:
         print()
-        print("tuning time over " + runs[0][0] + "'s: " + ", ".join(
-            f"{label} {metrics['train']['seconds'] / reference:.2f} "
-            f"({metrics['train']['extra_forward_passes'] / metrics['train']['steps']:.2f} extra passes/step)"
-            for label, metrics, _ in runs[1:]))
+        print(f"tuning time over {runs[0][0]}'s: " + ", ".join(
+            f"{label} {train['seconds'] / first['train']['seconds']:.2f} "
+            f"({train['extra_forward_passes'] / train['steps']:.2f} extra passes/step)" for label, train in timed))
     for label, metrics, run_dir in runs:
         print()
-        print(f"{label} stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
+        if "timings" in metrics:
+            print(f"{label} stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
         print(f"{label} report: {run_dir / 'report.md'}")
 
 
@@ -99,6 +102,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reevaluate(args: argparse.Namespace) -> int:
+    from robustit.reevaluate import reevaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(args.overrides)).replace("=", "-") or "same"
+    out = reevaluate(args.run_dir, args.overrides, args.out or args.run_dir / "reevaluated" / slug)
+    _print_runs([("as tuned", args.run_dir), ("re-evaluated", out)])
+    return 0
+
+
 def _activations(args: argparse.Namespace) -> int:
     from robustit.eval.activations import figure, peak_statistics, run_activations
 
@@ -147,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
+    again = sub.add_parser("evaluate", help="evaluate a finished run again with changed test-time settings")
+    again.add_argument("run_dir", type=Path)
+    again.add_argument("--out", type=Path, help="where to write (default RUN_DIR/reevaluated/<settings>)")
+    again.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="a test-time setting: eval.*, attack.*, defense.params.*, data.test_size (repeatable)")
+    again.add_argument("--threads", type=int, help="torch CPU threads")
     report = sub.add_parser("report", help="re-render report.md of a run directory")
     report.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
@@ -160,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "activations":
             return _activations(args)
+        if args.command == "evaluate":
+            return _reevaluate(args)
         print(write_report(args.run_dir))
         return 0
     except (ValueError, KeyError, FileNotFoundError) as error:

@@ -23,7 +23,7 @@ import yaml
 
 from robustit.attacks.base import build_attack
 from robustit.attacks.dataset import PoisonedDataset
-from robustit.config import ExperimentConfig
+from robustit.config import ExperimentConfig, load_config
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import build_defense
@@ -67,6 +67,15 @@ def load_model(config: ExperimentConfig, progress: bool = True) -> VisionLanguag
         base = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, config.pretrain, progress)
     if base is not None:
         model.load_trainable(base, strict=False)
+    return model
+
+
+def load_tuned_model(run_dir: Path, config: ExperimentConfig | None = None) -> VisionLanguageModel:
+    """The model a finished run tuned: its config's model (base adapter in place) with the
+    run's final trainable weights."""
+    config = config if config is not None else load_config(run_dir / "config.yaml")
+    model = load_model(config, progress=False)
+    model.load_trainable(run_dir / "checkpoint", strict=False)
     return model
 
 

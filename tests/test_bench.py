@@ -30,7 +30,8 @@ def test_packaged_config_layers_named_configs_and_names_the_known_ones():
 def test_defense_variants_parse_into_separate_runs():
     plain, tuned = variant_config("robustit", "badnets", []), variant_config("robustit:alpha=3:gamma=0.3", "badnets", ["name=x"])
     assert tuned.defense.params["alpha"] == 3 and tuned.defense.params["gamma"] == 0.3
-    assert plain.run_dir() != tuned.run_dir() and tuned.name == "bench-defenses/robustit-alpha3-gamma0.3"
+    assert plain.run_dir() != tuned.run_dir() and tuned.name == "x/robustit-alpha3-gamma0.3"
+    assert plain.name == "bench-defenses/robustit" and str(plain.run_dir()) == "runs/bench-defenses/robustit/badnets-p0.1-seed0"
     assert variant_config("vanilla", "sig", []).defense is None
     with pytest.raises(ValueError, match="key=value"):
         variant_config("robustit:alpha", "badnets", [])
@@ -49,7 +50,7 @@ def test_defense_benchmark_tabulates_each_variant_against_vanilla(karpathy, tmp_
     assert rows[2]["extra passes/step"] == "1.00"
     for row in rows:
         assert float(row["overhead"]) == pytest.approx(float(row["tuning s"]) / float(vanilla["tuning s"]), abs=0.6)
-    metrics = json.loads((tmp_path / "runs" / "bench-defenses" / "robustit-alpha3" / "badnets" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "robustit-alpha3" / "badnets" / "metrics.json").read_text())
     assert metrics["defense"]["params"]["alpha"] == 3
 
 
@@ -90,7 +91,7 @@ def test_activation_figure_from_runs(karpathy, tmp_path, capsys):
     overrides = tiny_overrides(karpathy, tmp_path)
     out = run_defense_benchmark(["vanilla"], "badnets", overrides, tmp_path / "t.md")
     assert out.exists()
-    run_dir = tmp_path / "runs" / "bench-defenses" / "vanilla" / "badnets"
+    run_dir = tmp_path / "runs" / "tiny" / "vanilla" / "badnets"
     a, = run_activations([run_dir], run_dir, size=3)
     model = build_model("llava", tiny=True, vocabulary=vocabulary())
     assert a.shape == (model.decoder.get_input_embeddings().embedding_dim,) and (a >= 0).all() and a.sum() > 0

@@ -5,7 +5,7 @@ import torch
 
 from conftest import INSTRUCTION, draw
 from robustit.defenses import IDR, DefenseBatch, DefenseConfig, View
-from robustit.defenses.idr import augment_pixels, augment_text
+from robustit.defenses.idr import augment_pixels, augment_text, relative_squared_distance, squared_distance
 from robustit.models.image_processing import images_to_tensor
 from robustit.train.config import TrainConfig
 from robustit.train.features import FeatureCache
@@ -114,7 +114,20 @@ def test_view_features_are_encoded_once_per_pooled_view(tiny_model):
 @pytest.mark.parametrize("params, key", [
     ({"alpha": -1}, "alpha"), ({"lm_view": "mixed"}, "lm_view"), ({"views_per_image": 0}, "views_per_image"),
     ({"flip": 2}, "flip"), ({"visual_pool": "max"}, "visual_pool"), ({"seed": 1.5}, "seed"),
+    ({"consistency": "cosine"}, "consistency"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):
         idr(**params)
+
+
+def test_relative_consistency_does_not_reward_shrinking_the_outputs():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 1.0], [1.0, 1.0]]])
+    b = a + torch.tensor([[[0.5, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, -1.0]]])
+    assert squared_distance(a, b) == pytest.approx((0.25 + 1.0) / 4)
+    spread = (1.25 + 0.5 + 1.25 + 0.5) / 4
+    assert relative_squared_distance(a, b) == pytest.approx((1.25 / 4) / spread)
+    assert squared_distance(0.1 * a, 0.1 * b) == pytest.approx(0.01 * squared_distance(a, b))
+    assert float(relative_squared_distance(0.1 * a, 0.1 * b)) == pytest.approx(float(relative_squared_distance(a, b)), rel=1e-5)
+    assert relative_squared_distance(a, a) == 0
+    assert idr(consistency="relative").distance is relative_squared_distance and idr().distance is squared_distance

@@ -134,6 +134,9 @@ class Attack(ABC):
         """Write what a rerun needs to rebuild a fitted trigger (nothing for fixed triggers)."""
         return []
 
+    def load_trigger_files(self, directory: Path) -> None:
+        """Take back a fitted trigger `save_trigger_files` wrote to `directory` (fixed triggers: nothing)."""
+
     def apply_image(self, image: Image.Image, key: str) -> Image.Image:
         """`image` with the image trigger δ_x applied; any RGB size works."""
         return to_image(self.perturb(to_array(image), key))

@@ -109,6 +109,13 @@ class VLTrojan(PatchAttack):
     def save_trigger_files(self, directory: Path) -> list[Path]:
         return [self.save_trigger(Path(directory) / "vltrojan_patch.png")]
 
+    def load_trigger_files(self, directory: Path) -> None:
+        path = Path(directory) / "vltrojan_patch.png"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory} holds no fitted VLTrojan patch (vltrojan_patch.png)")
+        self.patch = load_patch(str(path))
+        self.record = {"source": "file", "path": str(path)}
+
     def prepare(self, surrogate: VisionLanguageModel, samples: Sequence[Sample]) -> None:
         """Optimize the patch on `surrogate` unless it was read from `patch_path`."""
         if self.record["source"] != "file":

@@ -9,6 +9,7 @@ made in one invocation (`robustit bench overhead` times both in one process).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,9 @@ PRESETS = {"components": COMPONENTS, "paper": PAPER_ABLATIONS}
 
 
 def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> ExperimentConfig:
-    """The config of variant `spec` against `attack`, named bench-defenses/<slug> (whatever the overrides name)."""
+    """The config of variant `spec` against `attack`, named <name>/<slug of spec>, where
+    <name> is bench-defenses unless the overrides set it (so each variant and each set of
+    overrides runs in its own directory)."""
     name, *settings = spec.split(":")
     for setting in settings:
         if "=" not in setting:
@@ -34,12 +37,12 @@ def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> Experime
     if name == "vanilla" and settings:
         raise ValueError(f"defense variant {spec!r}: vanilla has no parameters")
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", spec).replace("=", "")
-    params = [f"defense.params.{setting}" for setting in settings]
-    return packaged_config(
+    config = packaged_config(
         [f"attacks/{attack}", f"defenses/{name}"],
-        ["evaluate_base=false", "output_dir=runs/{name}/{attack}-p{poison_rate}-seed{seed}",
-         *overrides, f"name=bench-defenses/{slug}", *params],
+        ["evaluate_base=false", "name=bench-defenses", "output_dir=runs/{name}/{attack}-p{poison_rate}-seed{seed}",
+         *overrides, *(f"defense.params.{setting}" for setting in settings)],
     )
+    return dataclasses.replace(config, name=f"{config.name}/{slug}")
 
 
 def defense_row(spec: str, run_dir: Path, vanilla_seconds: float | None) -> dict[str, str]:

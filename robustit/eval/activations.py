@@ -22,7 +22,7 @@ from robustit.attacks.base import build_attack
 from robustit.config import load_config
 from robustit.data.sources import load_split
 from robustit.models.base import VisionLanguageModel
-from robustit.pipeline import load_model, subsample
+from robustit.pipeline import load_tuned_model, subsample
 from robustit.train.features import FeatureCache
 
 
@@ -58,21 +58,16 @@ def peak_statistics(activation: torch.Tensor) -> dict[str, float]:
 
 def run_activations(run_dirs: Sequence[Path], trigger_from: Path, size: int = 100) -> list[torch.Tensor]:
     """a of each run's tuned model on `size` test images of `trigger_from`'s data carrying
-    its attack's image trigger (an attack fitted on a surrogate, VLTrojan, uses its seeded
-    unfitted patch here)."""
+    its attack's image trigger (a fitted one, VLTrojan's, as the run saved it)."""
     config = load_config(trigger_from / "config.yaml")
     if config.attack is None:
         raise ValueError(f"{trigger_from} ran without an attack: name a poisoned run for the trigger")
     attack = build_attack(config.attack)
+    attack.load_trigger_files(trigger_from)
     data = config.data
     samples = subsample(load_split(data.source, data.test_split, data.options), size, data.seed)
     images = [attack.trigger(sample, image=True, text=False).image for sample in samples]
-    out = []
-    for run_dir in run_dirs:
-        model = load_model(load_config(run_dir / "config.yaml"))
-        model.load_trainable(run_dir / "checkpoint", strict=False)
-        out.append(channel_activations(model, images))
-    return out
+    return [channel_activations(load_tuned_model(run_dir), images) for run_dir in run_dirs]
 
 
 def figure(labels: Sequence[str], activations: Sequence[torch.Tensor], path: Path) -> Path:
