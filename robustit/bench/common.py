@@ -33,14 +33,17 @@ def load_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def attack_columns(run_dir: Path, metrics: dict[str, Any]) -> dict[str, str]:
-    """The ASR variants, false-trigger and clean key-word rates, and caption quality of a run."""
+    """The ASR variants, the false-trigger rate, the key-word rates on fully triggered and on
+    clean inputs, and caption quality of a run."""
     asr, caption = metrics["asr"], metrics["caption"]
+    words = keyword_rates(run_dir, asr["target"])
     return {
         "ASR": f"{asr['full']['rate']:.1f}",
         "ASR img": f"{asr['image_only']['rate']:.1f}",
         "ASR txt": f"{asr['text_only']['rate']:.1f}",
         "false trig.": f"{asr['false_trigger']['rate']:.1f}",
-        "key word clean": f"{keyword_rates(run_dir, asr['target'])['clean']:.1f}",
+        "key word trig.": f"{words['full']:.1f}",
+        "key word clean": f"{words['clean']:.1f}",
         "n": str(asr["full"]["n"]),
         "BLEU_4": f"{caption['BLEU_4']:.1f}",
         "METEOR": f"{caption['METEOR']:.1f}",
