@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from robustit.config import load_config, packaged_config
-from robustit.report import markdown_table, summary_row, write_report
+from robustit.report import load_metrics, markdown_table, summary_row, write_report
 
 DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("RobustIT", "robustit"))
 
@@ -32,7 +32,7 @@ DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("RobustIT", "robustit"))
 def _print_runs(labelled: list[tuple[str, Path]]) -> None:
     """The table of the runs (the base model first where the first run evaluated it), then
     each run's stage timings and report path."""
-    runs = [(label, json.loads((run_dir / "metrics.json").read_text()), run_dir) for label, run_dir in labelled]
+    runs = [(label, load_metrics(run_dir), run_dir) for label, run_dir in labelled]
     first = runs[0][1]
     rows = [summary_row("base (before tuning)", first["base"])] if "base" in first else []
     rows += [summary_row(label, metrics) for label, metrics, _ in runs]
@@ -51,22 +51,18 @@ def _print_runs(labelled: list[tuple[str, Path]]) -> None:
         print(f"{label} report: {run_dir / 'report.md'}")
 
 
-def _run(config_paths: list[Path], overrides: list[str], threads: int | None) -> int:
+def _run(config_paths: list[Path], overrides: list[str]) -> int:
     from robustit.pipeline import run_experiment
 
-    if threads:
-        torch.set_num_threads(threads)
     config = load_config(config_paths, overrides)
     _print_runs([(config.name, run_experiment(config))])
     return 0
 
 
-def _demo(overrides: list[str], threads: int | None) -> int:
+def _demo(overrides: list[str]) -> int:
     """VanillaIT and RobustIT on the same poisoned data (the base model evaluated once)."""
     from robustit.pipeline import run_experiment
 
-    if threads:
-        torch.set_num_threads(threads)
     configs = [(label, packaged_config([f"defenses/{name}"], [*overrides, *(["evaluate_base=false"] if i else [])]))
                for i, (label, name) in enumerate(DEMO_DEFENSES)]
     directories = {config.run_dir() for _, config in configs}
@@ -81,8 +77,6 @@ def _demo(overrides: list[str], threads: int | None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = args.out or Path(f"runs/bench-{args.suite}/table.md")
     if args.suite == "attacks":
         from robustit.bench.attacks import run_attack_benchmark
@@ -105,8 +99,6 @@ def _bench(args: argparse.Namespace) -> int:
 def _reevaluate(args: argparse.Namespace) -> int:
     from robustit.reevaluate import reevaluate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(args.overrides)).replace("=", "-") or "same"
     out = reevaluate(args.run_dir, args.overrides, args.out or args.run_dir / "reevaluated" / slug)
     _print_runs([("as tuned", args.run_dir), ("re-evaluated", out)])
@@ -116,8 +108,6 @@ def _reevaluate(args: argparse.Namespace) -> int:
 def _activations(args: argparse.Namespace) -> int:
     from robustit.eval.activations import figure, peak_statistics, run_activations
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     labelled = [spec.split("=", 1) for spec in args.run]
     if any(len(pair) != 2 for pair in labelled):
         raise ValueError(f"--run takes LABEL=RUN_DIR, got {args.run}")
@@ -171,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[robustit] %(message)s")
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "run":
-            return _run(args.config, args.overrides, args.threads)
+            return _run(args.config, args.overrides)
         if args.command == "demo":
-            return _demo(args.overrides, args.threads)
+            return _demo(args.overrides)
         if args.command == "bench":
             return _bench(args)
         if args.command == "activations":

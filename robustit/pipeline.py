@@ -23,7 +23,7 @@ import yaml
 
 from robustit.attacks.base import build_attack
 from robustit.attacks.dataset import PoisonedDataset
-from robustit.config import ExperimentConfig, load_config
+from robustit.config import DataConfig, ExperimentConfig, load_config
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import build_defense
@@ -58,6 +58,20 @@ def subsample(samples: list[Sample], size: int | None, seed: int) -> list[Sample
     return [samples[i] for i in keep]
 
 
+def split_samples(data: DataConfig, split: str, size: int | None) -> list[Sample]:
+    """A seeded subset of `size` samples (all if None) of `split` of the config's data source."""
+    return subsample(load_split(data.source, split, data.options), size, data.seed)
+
+
+def write_predictions(run_dir: Path, records: dict[str, list[dict[str, Any]]]) -> None:
+    """predictions/<condition>.jsonl, one record per line."""
+    predictions = run_dir / "predictions"
+    predictions.mkdir(exist_ok=True)
+    for condition, rows in records.items():
+        with (predictions / f"{condition}.jsonl").open("w") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def load_model(config: ExperimentConfig, progress: bool = True) -> VisionLanguageModel:
     """The model with its base adapter in place (pretrained and cached when base = "pretrain")."""
     model = build_model(config.model.family, **config.model.spec)
@@ -89,8 +103,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     timer = StageTimer()
     data = config.data
     with timer("data"):
-        train_samples = subsample(load_split(data.source, data.train_split, data.options), data.train_size, data.seed)
-        test_samples = subsample(load_split(data.source, data.test_split, data.options), data.test_size, data.seed)
+        train_samples = split_samples(data, data.train_split, data.train_size)
+        test_samples = split_samples(data, data.test_split, data.test_size)
     with timer("base model"):
         model = load_model(config, progress)
     attack = build_attack(config.attack) if config.attack is not None else None
@@ -126,12 +140,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> Path:
     (run_dir / "losses.json").write_text(json.dumps(result.losses) + "\n")
     if result.loss_terms:
         (run_dir / "loss_terms.json").write_text(json.dumps(result.loss_terms) + "\n")
-    predictions = run_dir / "predictions"
-    predictions.mkdir(exist_ok=True)
     if config.evaluate_base:
         records = {"base_clean": base_records["clean"], **records}
-    for condition, rows in records.items():
-        with (predictions / f"{condition}.jsonl").open("w") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_predictions(run_dir, records)
     write_report(run_dir)
     return run_dir

@@ -17,10 +17,9 @@ from safetensors.torch import load_file
 
 from robustit.attacks.base import build_attack
 from robustit.config import load_config
-from robustit.data.sources import load_split
 from robustit.defenses.base import build_defense
 from robustit.eval.evaluate import evaluate
-from robustit.pipeline import load_tuned_model, subsample
+from robustit.pipeline import load_tuned_model, split_samples, write_predictions
 from robustit.report import write_report
 
 TEST_TIME = ("eval", "attack", "defense.params", "data.test_size")
@@ -50,18 +49,13 @@ def reevaluate(run_dir: Path, overrides: Sequence[str], out_dir: Path, progress:
     state = run_dir / "checkpoint" / "defense.safetensors"
     if defense is not None and state.exists():
         defense.load_state_dict(load_file(str(state)))
-    data = config.data
-    test = subsample(load_split(data.source, data.test_split, data.options), data.test_size, data.seed)
+    test = split_samples(config.data, config.data.test_split, config.data.test_size)
     metrics, records = evaluate(model, test, attack, config.eval, progress=progress, defense=defense)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     summary = {"name": config.name, "reevaluated": str(run_dir), "changed": changed,
                "defense": defense.describe() if defense is not None else None, "n_test": len(test), **metrics}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    predictions = out_dir / "predictions"
-    predictions.mkdir(exist_ok=True)
-    for condition, rows in records.items():
-        with (predictions / f"{condition}.jsonl").open("w") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_predictions(out_dir, records)
     write_report(out_dir)
     return out_dir

@@ -60,9 +60,13 @@ def keyword_rates(run_dir: Path, target: str) -> dict[str, float]:
     return rates
 
 
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
 def render_report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = load_metrics(run_dir)
     rows = [summary_row("base (before tuning)", metrics["base"])] if "base" in metrics else []
     rows.append(summary_row("tuned", metrics))
     out = [f"# robustit report: {metrics['name']}", "", f"Run directory: `{run_dir}`", ""]

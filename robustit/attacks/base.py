@@ -73,8 +73,6 @@ def register_attack(cls: type["Attack"]) -> type["Attack"]:
     return ATTACKS.register(cls.name)(cls)
 
 
-
-
 def seeded_pattern(seed: int, height: int, width: int) -> np.ndarray:
     """A uint8 height x width x 3 noise image, uniform in [0, 255], from RandomState(seed)."""
     return np.random.RandomState(seed).randint(0, 256, size=(height, width, 3)).astype(np.uint8)

@@ -7,7 +7,8 @@ from typing import Sequence
 
 from robustit.attacks import ATTACKS
 from robustit.config import packaged_config
-from robustit.bench.common import attack_columns, load_metrics, run_or_reuse, write_table
+from robustit.bench.common import attack_columns, run_or_reuse, write_table
+from robustit.report import load_metrics
 
 
 def attack_row(name: str, run_dir: Path) -> dict[str, str]:

@@ -2,7 +2,6 @@
 rows collected into one Markdown table."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,6 @@ def run_or_reuse(config: ExperimentConfig, suite: str, label: str) -> Path:
         print(f"[robustit] {suite} benchmark: {label}", flush=True)
         run_experiment(config)
     return run_dir
-
-
-def load_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def attack_columns(run_dir: Path, metrics: dict[str, Any]) -> dict[str, str]:

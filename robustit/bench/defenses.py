@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from robustit.bench.common import attack_columns, load_metrics, run_or_reuse, write_table
+from robustit.bench.common import attack_columns, run_or_reuse, write_table
+from robustit.report import load_metrics
 from robustit.config import ExperimentConfig, packaged_config
 
 COMPONENTS = ("vanilla", "aar", "idr", "robustit")

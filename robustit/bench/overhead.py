@@ -18,9 +18,8 @@ from robustit.attacks.base import build_attack
 from robustit.attacks.dataset import PoisonedDataset
 from robustit.config import packaged_config
 from robustit.bench.common import write_table
-from robustit.data.sources import load_split
 from robustit.defenses.base import build_defense
-from robustit.pipeline import load_model, subsample
+from robustit.pipeline import load_model, split_samples
 from robustit.train.features import FeatureCache
 from robustit.train.loop import train
 
@@ -33,9 +32,8 @@ def run_overhead_benchmark(defense: str, attack: str, steps: int, overrides: Seq
         label: packaged_config([f"attacks/{attack}", f"defenses/{label}"], ["name=bench-overhead", *overrides, f"train.max_steps={steps}"])
         for label in ("vanilla", defense)
     }
-    base = configs["vanilla"]
-    data = base.data
-    samples = subsample(load_split(data.source, data.train_split, data.options), data.train_size, data.seed)
+    data = configs["vanilla"].data
+    samples = split_samples(data, data.train_split, data.train_size)
     rows: list[dict[str, str]] = []
     vanilla_seconds: float | None = None
     for label, config in configs.items():

@@ -20,9 +20,8 @@ from PIL import Image
 
 from robustit.attacks.base import build_attack
 from robustit.config import load_config
-from robustit.data.sources import load_split
 from robustit.models.base import VisionLanguageModel
-from robustit.pipeline import load_tuned_model, subsample
+from robustit.pipeline import load_tuned_model, split_samples
 from robustit.train.features import FeatureCache
 
 
@@ -64,8 +63,7 @@ def run_activations(run_dirs: Sequence[Path], trigger_from: Path, size: int = 10
         raise ValueError(f"{trigger_from} ran without an attack: name a poisoned run for the trigger")
     attack = build_attack(config.attack)
     attack.load_trigger_files(trigger_from)
-    data = config.data
-    samples = subsample(load_split(data.source, data.test_split, data.options), size, data.seed)
+    samples = split_samples(config.data, config.data.test_split, size)
     images = [attack.trigger(sample, image=True, text=False).image for sample in samples]
     return [channel_activations(load_tuned_model(run_dir), images) for run_dir in run_dirs]
 
