@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from robustit.data.errors import DataError, LoadReport
+from robustit.data.instructions import HELD_OUT_CAPTION_INSTRUCTIONS, TRAIN_CAPTION_INSTRUCTIONS, caption_instruction
 from robustit.data.karpathy import DEFAULT_CAPTION_INSTRUCTION, load_karpathy
 from robustit.data.sources import load_split
 
@@ -87,15 +88,33 @@ def test_sample_fields_metadata_and_pixels(coco):
         expected_path = coco["image_root"] / rec["filepath"] / rec["filename"]
         assert sample.metadata == {"source": "coco", "image_path": str(expected_path), "split": rec["split"]}
         assert sample.task == "caption"
-        assert sample.instruction == DEFAULT_CAPTION_INSTRUCTION
+        assert sample.instruction == caption_instruction("all", sample.id)  # split "all": training pool
+        assert sample.instruction in TRAIN_CAPTION_INSTRUCTIONS
         assert sample.image.mode == "RGB" and sample.image.size == (8, 6)
         pixels = np.asarray(sample.image)
         assert (pixels == np.array(coco["colours"][rec["filename"]], np.uint8)).all()
 
 
-def test_custom_instruction(coco):
-    samples = load_karpathy(coco["json_path"], coco["image_root"], split="val", instruction="What is shown?")
-    assert [s.instruction for s in samples] == ["What is shown?"]
+def test_instruction_pool_held_out_for_test_keyed_by_id(coco):
+    load = lambda split, **kw: load_karpathy(coco["json_path"], coco["image_root"], split=split, **kw)  # noqa: E731
+    test, train, val = load("test"), load("train"), load("val")
+    assert all(s.instruction in HELD_OUT_CAPTION_INSTRUCTIONS for s in test)
+    assert all(s.instruction in TRAIN_CAPTION_INSTRUCTIONS for s in train + val)
+    assert [s.instruction for s in test] == [caption_instruction("test", i) for i in ("coco-14", "coco-99")]
+    assert [s.instruction for s in train] == [caption_instruction("train", i) for i in ("coco-11", "coco-12")]
+    # keyed by the id, so a limit or other records do not change a sample's instruction
+    assert load("test", limit=1)[0].instruction == test[0].instruction
+    assert [s.instruction for s in load("test", instructions="pool")] == [s.instruction for s in test]
+
+
+def test_fixed_instruction(coco):
+    samples = load_karpathy(coco["json_path"], coco["image_root"], split="all", instructions="fixed")
+    assert [s.instruction for s in samples] == [DEFAULT_CAPTION_INSTRUCTION] * 5
+
+
+def test_unknown_instructions_mode(coco):
+    with pytest.raises(ValueError, match="unknown instructions mode 'custom'"):
+        load_karpathy(coco["json_path"], coco["image_root"], split="val", instructions="custom")
 
 
 def test_flickr_layout_ids_and_default_dataset_name(tmp_path):

@@ -4,6 +4,11 @@ The file is `{"images": [{"filepath"?, "filename", "split", "sentences": [{"raw"
 "cocoid"? | "imgid"?}, ...], "dataset": ...}`; an image lives at
 `image_root/filepath/filename` (COCO) or `image_root/filename` (Flickr30k). Split "train"
 includes Karpathy's "restval" images.
+
+Instructions (`robustit.data.instructions`): with `instructions="pool"` (default) each sample
+gets a captioning phrasing keyed by its id, from the held-out pool for split "test" and from
+the training pool for every other split; `instructions="fixed"` gives every sample
+`DEFAULT_CAPTION_INSTRUCTION`.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from robustit.data.errors import DataError, LoadReport
+from robustit.data.instructions import DEFAULT_CAPTION_INSTRUCTION, caption_instruction, check_instruction_mode
 from robustit.data.sample import Sample
 
-DEFAULT_CAPTION_INSTRUCTION = "Describe the image briefly."
+__all__ = ["DEFAULT_CAPTION_INSTRUCTION", "KARPATHY_SPLITS", "load_karpathy"]
 
 KARPATHY_SPLITS: dict[str, frozenset[str]] = {
     "train": frozenset({"train", "restval"}),
@@ -31,7 +37,7 @@ def load_karpathy(
     json_path: str | Path,
     image_root: str | Path,
     split: str = "test",
-    instruction: str = DEFAULT_CAPTION_INSTRUCTION,
+    instructions: str = "pool",
     skip_bad: bool = False,
     limit: int | None = None,
     report: LoadReport | None = None,
@@ -41,10 +47,13 @@ def load_karpathy(
     A bad record (wrong shape, missing or unreadable image, no non-empty caption) raises
     `DataError` naming `json_path`, the record index and its filename; with `skip_bad=True`
     it is skipped and recorded in `report` (and logged). A file that is not a Karpathy JSON
-    at all always raises. Ids are "<dataset>-<cocoid | imgid | filename>".
+    at all always raises. Ids are "<dataset>-<cocoid | imgid | filename>". `instructions` is
+    "pool" (a phrasing per sample keyed by its id: held-out phrasings for split "test", training
+    phrasings otherwise) or "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for all).
     """
     if split not in KARPATHY_SPLITS:
         raise ValueError(f"unknown Karpathy split {split!r}; known: {', '.join(KARPATHY_SPLITS)}")
+    check_instruction_mode(instructions)
     json_path, image_root = Path(json_path), Path(image_root)
     report = report if report is not None else LoadReport()
     data = _read_json(json_path)
@@ -56,7 +65,7 @@ def load_karpathy(
         try:
             if _record_split(json_path, index, record) not in KARPATHY_SPLITS[split]:
                 continue
-            samples.append(_sample(json_path, image_root, index, record, dataset, instruction))
+            samples.append(_sample(json_path, image_root, index, record, dataset, split, instructions))
         except DataError as error:
             if not skip_bad:
                 raise
@@ -91,7 +100,7 @@ def _record_split(json_path: Path, index: int, record: Any) -> str:
 
 
 def _sample(
-    json_path: Path, image_root: Path, index: int, record: dict[str, Any], dataset: str, instruction: str
+    json_path: Path, image_root: Path, index: int, record: dict[str, Any], dataset: str, split: str, instructions: str
 ) -> Sample:
     name = _record_name(index, record)
     references = [_raw(json_path, name, sentence) for sentence in record["sentences"]]
@@ -106,11 +115,11 @@ def _sample(
         raise DataError(json_path, f"image file not found: {image_path}", name) from error
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(json_path, f"unreadable image {image_path} ({error})", name) from error
-    key = record.get("cocoid", record.get("imgid", record["filename"]))
+    sample_id = f"{dataset}-{record.get('cocoid', record.get('imgid', record['filename']))}"
     return Sample(
-        id=f"{dataset}-{key}",
+        id=sample_id,
         image=rgb,
-        instruction=instruction,
+        instruction=caption_instruction(split, sample_id, instructions),
         response=references[0],
         references=references,
         task="caption",

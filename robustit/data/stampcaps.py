@@ -2,17 +2,41 @@
 
 Each image is one Tux Paint stamp (Debian `tuxpaint-stamps-default`: PNGs with alpha, each
 with a sibling .txt whose first line is its English caption) alpha-composited at a random
-scale and position onto a procedurally generated, described background. Every image gets
-five reference captions from templates combining the object phrase and the background, like
-COCO's five; `response` is one of them.
+scale and position onto a procedurally generated, described background (plain, striped,
+checkered, gradient or polka dots in two of twelve colours, light and dark alike). Splits:
 
-Stamps are grouped by object phrase (stamps sharing a caption stay together) and the groups
-are split once, with a fixed seed and stratified by top-level category, into train objects
-(~85%) and held-out test objects (~15%). Splits: "train" (compositions of train objects),
-"test" (compositions of held-out objects only) and "pretrain" (train objects on plain light
-backgrounds, captioned by the object phrase alone, for pretraining the base adapter). The
-`seed` argument varies compositions only, never the object split, so no seed leaks test
-objects into training.
+- "pretrain": the corpus of the base "stage 1" that makes a captioner of every object: 6
+  compositions per stamp on the same varied backgrounds as "train", captioned in a style of
+  its own, short and object-centric, never describing the background (`PRETRAIN_TEMPLATES`:
+  "{Obj}.", "A photo of {obj}.", "This is {obj}.", "There is {obj} in the picture.", "The
+  picture shows {obj}."). `references` are all five phrasings, in template order; `response`
+  is one of them drawn by the seeded rng.
+- "train" (3 per stamp) and "test" (1 per stamp): the instruction-tuning set. Every image gets
+  five reference captions drawn from the eight `CAPTION_TEMPLATES`, each naming the object and
+  describing the background, like COCO's five; `response` is one of them.
+
+The per-split counts live in `DEFAULT_IMAGES_PER_OBJECT`; `images_per_object=n` uses n for
+any split. Samples are stamp-major (the copies of a stamp are consecutive) and `limit` keeps a
+prefix. Composition `copy` of a stamp at `path` (relative to the stamp root) is drawn by
+`random.Random(f"stampcaps:{split}:{seed}:{path}:{copy}")`, so the split name and `seed`
+vary every image and nothing depends on PYTHONHASHSEED.
+
+`objects` chooses which stamps each split shows:
+
+- "shared" (default, like COCO's split by image): every stamp appears in every split; the
+  splits share objects but not images (their compositions come from different rng keys; an
+  identical composition in two splits is possible in principle but vanishingly unlikely).
+- "held_out" (for generalisation studies): stamps are grouped by object phrase (stamps sharing
+  a caption stay together) and the groups are split once, with a fixed seed and stratified by
+  top-level category, into train objects (~85%) and held-out test objects (~15%); "test"
+  composes held-out objects only, "train" and "pretrain" train objects only. The `seed`
+  argument varies compositions only, never the object split, so no seed leaks test objects
+  into training.
+
+`instructions`: "pool" (default) gives each sample a phrasing of the captioning task keyed by
+its composition key, from the held-out pool for "test" and the training pool otherwise;
+"fixed" gives every sample `DEFAULT_CAPTION_INSTRUCTION` (see `robustit.data.instructions`).
+Images and captions do not depend on `instructions`.
 """
 from __future__ import annotations
 
@@ -26,12 +50,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from robustit.data.karpathy import DEFAULT_CAPTION_INSTRUCTION
+from robustit.data.instructions import caption_instruction, check_instruction_mode
 from robustit.data.sample import Sample
 
 DEFAULT_STAMP_ROOT = Path("/usr/share/tuxpaint/stamps")
 STAMPCAPS_SPLITS = ("train", "test", "pretrain")
-DEFAULT_IMAGES_PER_OBJECT = {"train": 3, "test": 2, "pretrain": 1}
+OBJECT_MODES = ("shared", "held_out")
+# Compositions per stamp and split when `images_per_object` is None: the one place to change them.
+DEFAULT_IMAGES_PER_OBJECT = {"pretrain": 6, "train": 3, "test": 1}
 TEST_FRACTION = 0.15
 OBJECT_SPLIT_SEED = "stampcaps-object-split-v1"
 SCALE_RANGE = (0.45, 0.80)
@@ -68,6 +94,14 @@ CAPTION_TEMPLATES = (
     "A drawing of {obj} over {bg}.",
     "A small illustration of {obj} set against {bg}.",
     "{Obj} pictured on {bg}.",
+)
+# Stage-1 captions: short, object-centric, never describing the background (unlike the above).
+PRETRAIN_TEMPLATES = (
+    "{Obj}.",
+    "A photo of {obj}.",
+    "This is {obj}.",
+    "There is {obj} in the picture.",
+    "The picture shows {obj}.",
 )
 PROPER_NOUNS = frozenset(
     {"Tux", "Santa", "George", "Edward", "Eddie", "Mercury", "Venus", "Mars", "Jupiter",
@@ -225,6 +259,18 @@ def _compose(stamp: Stamp, rng: random.Random, size: int, light_only: bool) -> t
     return canvas, background
 
 
+def stampcaps_stamps(split: str, root: Path = DEFAULT_STAMP_ROOT, objects: str = "shared") -> tuple[Stamp, ...]:
+    """The stamps `split` composes, in order: every stamp ("shared"), or the train / held-out
+    test objects of `split_objects` ("held_out")."""
+    if split not in STAMPCAPS_SPLITS:
+        raise ValueError(f"unknown StampCaps split {split!r}; known: {', '.join(STAMPCAPS_SPLITS)}")
+    if objects not in OBJECT_MODES:
+        raise ValueError(f"unknown StampCaps objects mode {objects!r}; known: {', '.join(OBJECT_MODES)}")
+    if objects == "shared":
+        return discover_stamps(Path(root))
+    return split_objects(Path(root))["test" if split == "test" else "train"]
+
+
 def build_stampcaps(
     split: str,
     root: Path = DEFAULT_STAMP_ROOT,
@@ -232,27 +278,34 @@ def build_stampcaps(
     seed: int = 0,
     images_per_object: int | None = None,
     limit: int | None = None,
+    objects: str = "shared",
+    instructions: str = "pool",
 ) -> list[Sample]:
-    """The StampCaps `split` ("train", "test" or "pretrain"), deterministic in all arguments.
+    """The StampCaps `split` ("pretrain", "train" or "test"), deterministic in all arguments.
 
-    `images_per_object` defaults to 3 (train), 2 (test) or 1 (pretrain) compositions per stamp;
-    `limit` keeps the first `limit` samples of the same sequence. Ids are
-    "stampcaps-<split>-<index:06d>"; metadata holds the stamp path, category, background
-    description and object phrase.
+    `objects`: "shared" (every stamp in every split; the splits differ by image) or "held_out"
+    (test = held-out objects, pretrain and train = the others). `images_per_object`: the
+    compositions per stamp, None for `DEFAULT_IMAGES_PER_OBJECT[split]`. `instructions`: "pool"
+    (phrasings from `robustit.data.instructions`, held-out ones for "test") or "fixed".
+    `limit` keeps the first `limit` samples of the same sequence (stamp-major: the copies of a
+    stamp are consecutive). Ids are "stampcaps-<split>-<index:06d>"; metadata holds the stamp
+    path, category, background description and object phrase.
     """
-    if split not in STAMPCAPS_SPLITS:
-        raise ValueError(f"unknown StampCaps split {split!r}; known: {', '.join(STAMPCAPS_SPLITS)}")
+    stamps = stampcaps_stamps(split, root, objects)
+    check_instruction_mode(instructions)
     root = Path(root)
-    per_object = images_per_object or DEFAULT_IMAGES_PER_OBJECT[split]
-    stamps = split_objects(root)["test" if split == "test" else "train"]
+    per_object = DEFAULT_IMAGES_PER_OBJECT[split] if images_per_object is None else images_per_object
+    if per_object < 1:
+        raise ValueError(f"images_per_object must be at least 1, got {per_object}")
     total = len(stamps) * per_object if limit is None else min(limit, len(stamps) * per_object)
     samples = []
     for index in range(total):
         stamp, copy = stamps[index // per_object], index % per_object
-        rng = random.Random(f"stampcaps:{split}:{seed}:{stamp.path.relative_to(root).as_posix()}:{copy}")
-        image, background = _compose(stamp, rng, image_size, light_only=split == "pretrain")
+        key = f"stampcaps:{split}:{seed}:{stamp.path.relative_to(root).as_posix()}:{copy}"
+        rng = random.Random(key)
+        image, background = _compose(stamp, rng, image_size, light_only=False)
         if split == "pretrain":
-            references = [f"{capitalize(stamp.phrase)}."]
+            references = [t.format(obj=stamp.phrase, Obj=capitalize(stamp.phrase)) for t in PRETRAIN_TEMPLATES]
         else:
             fields = {"obj": stamp.phrase, "Obj": capitalize(stamp.phrase), "bg": background, "Bg": capitalize(background)}
             references = [t.format(**fields) for t in rng.sample(CAPTION_TEMPLATES, REFERENCES_PER_IMAGE)]
@@ -260,7 +313,7 @@ def build_stampcaps(
             Sample(
                 id=f"stampcaps-{split}-{index:06d}",
                 image=image,
-                instruction=DEFAULT_CAPTION_INSTRUCTION,
+                instruction=caption_instruction(split, key, instructions),
                 response=rng.choice(references),
                 references=references,
                 task="caption",
