@@ -1,5 +1,6 @@
 """The `robustit` command.
 
+    robustit [--import MODULE] COMMAND ...                    MODULE: your own attacks, defenses, model families
     robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and RobustIT side by side
     robustit report RUN_DIR                                  re-render a run's report.md
@@ -9,30 +10,43 @@
     robustit bench defenses [--defenses v1,v2|components|paper] [--attack NAME]
                                                              defense variants on one attack, one table
     robustit bench overhead [--defense NAME] [--steps N]     tuning time of a defense / VanillaIT's
+    robustit bench grid --config GRID.yaml [--shard i/n] [--dry-run]
+                                                             attacks x defenses x rates x seeds into the store
+    robustit bench table --config GRID.yaml --out TABLE.md   a grid's table, from the result store alone
+    robustit bench merge OTHER_STORE ...                     records of other shards / machines into --store
+    robustit base-adapter [--rebuild] [--ship]               the demo's base adapter: where it is, rebuild, ship
     robustit activations --run LABEL=RUN_DIR ... --trigger-from RUN_DIR --out PNG
                                                              per-channel adapter activation figure
+
+Every command that finishes a run records it in the result store (--store, default results/).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from robustit.config import load_config, packaged_config
-from robustit.report import load_metrics, markdown_table, summary_row, write_report
+from robustit.report import markdown_table, summary_row
+from robustit.rundir import RunDirectory
+
+if TYPE_CHECKING:
+    from robustit.store import ResultStore
 
 DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("RobustIT", "robustit"))
 
 
-def _print_runs(labelled: list[tuple[str, Path]]) -> None:
+def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
     """The table of the runs (the base model first where the first run evaluated it), then
     each run's stage timings and report path."""
-    runs = [(label, load_metrics(run_dir), run_dir) for label, run_dir in labelled]
+    runs = [(label, run_dir.load_metrics(), run_dir) for label, run_dir in labelled]
     first = runs[0][1]
     rows = [summary_row("base (before tuning)", first["base"])] if "base" in first else []
     rows += [summary_row(label, metrics) for label, metrics, _ in runs]
@@ -51,18 +65,25 @@ def _print_runs(labelled: list[tuple[str, Path]]) -> None:
         print(f"{label} report: {run_dir / 'report.md'}")
 
 
-def _run(config_paths: list[Path], overrides: list[str]) -> int:
-    from robustit.pipeline import run_experiment
+def _store(args: argparse.Namespace) -> ResultStore:
+    from robustit.store import ResultStore
 
-    config = load_config(config_paths, overrides)
-    _print_runs([(config.name, run_experiment(config))])
+    return ResultStore(args.store)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from robustit.experiment import Experiment
+
+    config = load_config(args.config, args.overrides)
+    _print_runs([(config.name, Experiment(config).run(_store(args)))])
     return 0
 
 
-def _demo(overrides: list[str]) -> int:
+def _demo(args: argparse.Namespace) -> int:
     """VanillaIT and RobustIT on the same poisoned data (the base model evaluated once)."""
-    from robustit.pipeline import run_experiment
+    from robustit.experiment import Experiment
 
+    overrides = args.overrides
     configs = [(label, packaged_config([f"defenses/{name}"], [*overrides, *(["evaluate_base=false"] if i else [])]))
                for i, (label, name) in enumerate(DEMO_DEFENSES)]
     directories = {config.run_dir() for _, config in configs}
@@ -70,48 +91,88 @@ def _demo(overrides: list[str]) -> int:
         raise ValueError(f"the demo's runs share the run directory {directories.pop()}: put {{defense}} in output_dir")
     runs = []
     for label, config in configs:
-        print(f"[robustit] demo: {label}", flush=True)
-        runs.append((label, run_experiment(config)))
+        logging.getLogger("robustit").info("demo: %s", label)
+        runs.append((label, Experiment(config).run(_store(args))))
     _print_runs(runs)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    out = args.out or Path(f"runs/bench-{args.suite}/table.md")
-    if args.suite == "attacks":
-        from robustit.bench.attacks import run_attack_benchmark
+    store = _store(args)
+    if args.suite in ("grid", "table"):
+        from robustit.bench.grid import load_grid, parse_shard, run_grid
+        from robustit.bench.tables import render_grid_table
 
-        out = run_attack_benchmark(args.attacks.split(",") if args.attacks else None, args.overrides, out)
-    elif args.suite == "defenses":
-        from robustit.bench.defenses import PRESETS, run_defense_benchmark
-
-        variants = PRESETS.get(args.defenses) or tuple(args.defenses.split(","))
-        out = run_defense_benchmark(variants, args.attack, args.overrides, out)
+        if args.config is None:
+            raise ValueError(f"bench {args.suite} needs --config GRID.yaml")
+        spec = load_grid(args.config)
+        if args.suite == "grid":
+            run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run)
+            return 0
+        out = args.out or Path(f"runs/bench-{spec.name}/table.md")
+        command = f"robustit bench table --config {args.config} --store {store.root} --out {out}"
+        render_grid_table(spec, store, out, command)
+    elif args.suite == "merge":
+        if not args.sources:
+            raise ValueError("bench merge needs the stores to merge in: robustit bench merge OTHER_STORE ...")
+        for source in args.sources:
+            added, same, conflicting = store.merge(source)
+            print(f"{source}: {len(added)} added, {len(same)} already there, {len(conflicting)} conflicting (kept ours)")
+        return 0
     else:
-        from robustit.bench.overhead import run_overhead_benchmark
+        out = args.out or Path(f"runs/bench-{args.suite}/table.md")
+        if args.suite == "attacks":
+            from robustit.bench.attacks import run_attack_benchmark
 
-        out = run_overhead_benchmark(args.defense, args.attack, args.steps, args.overrides, out)
+            run_attack_benchmark(args.attacks.split(",") if args.attacks else None, args.overrides, out, store)
+        elif args.suite == "defenses":
+            from robustit.bench.defenses import PRESETS, run_defense_benchmark
+
+            variants = PRESETS.get(args.defenses) or tuple(args.defenses.split(","))
+            run_defense_benchmark(variants, args.attack, args.overrides, out, store)
+        else:
+            from robustit.bench.overhead import run_overhead_benchmark
+
+            run_overhead_benchmark(args.defense, args.attack, args.steps, args.overrides, out)
     print(out.read_text())
     print(f"table: {out}")
     return 0
 
 
 def _reevaluate(args: argparse.Namespace) -> int:
-    from robustit.reevaluate import reevaluate
+    from robustit.experiment import Experiment
 
+    source = RunDirectory(args.run_dir)
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(args.overrides)).replace("=", "-") or "same"
-    out = reevaluate(args.run_dir, args.overrides, args.out or args.run_dir / "reevaluated" / slug)
-    _print_runs([("as tuned", args.run_dir), ("re-evaluated", out)])
+    out = RunDirectory(args.out) if args.out else source.reevaluation(slug)
+    Experiment.from_run(source, args.overrides).reevaluate(out)
+    _print_runs([("as tuned", source), ("re-evaluated", out)])
+    return 0
+
+
+def _base_adapter(args: argparse.Namespace) -> int:
+    from robustit.models.loading import load_model
+    from robustit.train.base_adapter import ensure_base_adapter, ship_base_adapter
+
+    config = load_config(args.config, args.overrides) if args.config else packaged_config([], args.overrides)
+    data = config.data
+    model = load_model(config.model.family, config.model.spec)
+    directory = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, config.pretrain, rebuild=args.rebuild)
+    if args.ship:
+        directory = ship_base_adapter(directory)
+    print(f"base adapter: {directory}")
+    print((directory / "pretrain.json").read_text())
     return 0
 
 
 def _activations(args: argparse.Namespace) -> int:
-    from robustit.eval.activations import figure, peak_statistics, run_activations
+    from robustit.bench.activations import run_activations
+    from robustit.eval.activations import figure, peak_statistics
 
     labelled = [spec.split("=", 1) for spec in args.run]
     if any(len(pair) != 2 for pair in labelled):
         raise ValueError(f"--run takes LABEL=RUN_DIR, got {args.run}")
-    activations = run_activations([Path(d) for _, d in labelled], args.trigger_from, args.size)
+    activations = run_activations([RunDirectory(d) for _, d in labelled], RunDirectory(args.trigger_from), args.size)
     labels = [label for label, _ in labelled]
     stats = {label: peak_statistics(a) for label, a in zip(labels, activations)}
     png = figure(labels, activations, args.out)
@@ -124,13 +185,20 @@ def _activations(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robustit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module of your own first, so the attacks, defenses and model families it "
+                             "registers are known (repeatable; the current folder is on the path)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one experiment from a config")
     run.add_argument("--config", type=Path, action="append", default=[],
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
-    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, overhead")
-    bench.add_argument("suite", choices=["attacks", "defenses", "overhead"])
+    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, overhead, grid, table, merge")
+    bench.add_argument("suite", choices=["attacks", "defenses", "overhead", "grid", "table", "merge"])
+    bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
+    bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml)")
+    bench.add_argument("--shard", help="grid: run shard i of n, as i/n (0 <= i < n)")
+    bench.add_argument("--dry-run", action="store_true", help="grid: list the runs and estimate their time; run nothing")
     bench.add_argument("--attacks", help="attacks: comma-separated attack names (default: all)")
     bench.add_argument("--defenses", default="components",
                        help="defenses: comma-separated variants name[:key=value...], or a preset: "
@@ -138,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--attack", default="badnets", help="defenses, overhead: the attack (default badnets)")
     bench.add_argument("--defense", default="robustit", help="overhead: the defense timed against VanillaIT")
     bench.add_argument("--steps", type=int, default=100, help="overhead: tuning steps of each (default 100)")
-    bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite>/table.md)")
+    bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite or grid name>/table.md)")
+    base = sub.add_parser("base-adapter", help="the base adapter of a config (default: the demo's): find, build or ship it")
+    base.add_argument("--config", type=Path, action="append", default=[], help="YAML file layered over the defaults (repeatable)")
+    base.add_argument("--rebuild", action="store_true", help="pretrain it again even if shipped or cached")
+    base.add_argument("--ship", action="store_true", help="copy it into robustit/assets/base_adapters/ (commit that to ship it)")
     activations = sub.add_parser("activations", help="per-channel adapter activation of tuned runs, as a PNG")
     activations.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR",
                              help="a finished run (repeatable; one panel each, in order)")
@@ -147,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     activations.add_argument("--size", type=int, default=100, help="test images (default 100)")
     activations.add_argument("--out", type=Path, required=True, help="the PNG (statistics go beside it as .json)")
     activations.add_argument("--threads", type=int, help="torch CPU threads")
-    for p in (run, demo, bench):
+    for p in (run, demo, bench, base):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
+        p.add_argument("--store", type=Path, default=Path("results"),
+                       help="the result store every finished run is recorded in (default results/)")
     again = sub.add_parser("evaluate", help="evaluate a finished run again with changed test-time settings")
     again.add_argument("run_dir", type=Path)
     again.add_argument("--out", type=Path, help="where to write (default RUN_DIR/reevaluated/<settings>)")
@@ -164,19 +238,25 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
+        if args.imports:
+            sys.path.insert(0, str(Path.cwd()))
+            for module in args.imports:
+                importlib.import_module(module)
         if args.command == "run":
-            return _run(args.config, args.overrides)
+            return _run(args)
         if args.command == "demo":
-            return _demo(args.overrides)
+            return _demo(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "base-adapter":
+            return _base_adapter(args)
         if args.command == "activations":
             return _activations(args)
         if args.command == "evaluate":
             return _reevaluate(args)
-        print(write_report(args.run_dir))
+        print(RunDirectory(args.run_dir).write_report())
         return 0
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
         print(f"robustit: error: {error}", file=sys.stderr)
         return 2
 

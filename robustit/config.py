@@ -4,6 +4,8 @@ Unknown keys are errors that name the key and the keys that exist."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from contextlib import ExitStack
@@ -46,6 +48,9 @@ class DataConfig:
     pretrain_split: str = "pretrain"
 
 
+RUN_LABEL_FIELDS = ("name", "output_dir")
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
@@ -54,12 +59,12 @@ class ExperimentConfig:
     attack: AttackConfig | None = field(default_factory=lambda: AttackConfig(name="badnets"))
     defense: DefenseConfig | None = None
     pretrain: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=3.0, batch_size=8, lr_adapter=1e-3, train_embeddings=False)
+        default_factory=lambda: TrainConfig(epochs=2.0, batch_size=32, lr_adapter=2e-3, train_embeddings=False)
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     evaluate_base: bool = True
-    output_dir: str = "runs/{name}/{attack}-p{poison_rate}-seed{seed}"
+    output_dir: str = "runs/{name}/{defense}/{attack}-p{poison_rate}-seed{seed}"
 
     def run_dir(self) -> Path:
         """`output_dir` filled in; its fields: name, attack ("clean" if none), poison_rate,
@@ -73,6 +78,25 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> dict[str, Any]:
+        """`to_dict()` with the attack's and the defense's params completed by their
+        registered defaults, so that a default changed in code changes the resolved config."""
+        from robustit.attacks import build_attack
+        from robustit.defenses import build_defense
+
+        out = self.to_dict()
+        if self.attack is not None:
+            out["attack"]["params"] = build_attack(self.attack).params
+        if self.defense is not None:
+            out["defense"]["params"] = build_defense(self.defense).params
+        return out
+
+    def config_hash(self) -> str:
+        """sha256 of the resolved config without the fields that only name or place a run
+        (`RUN_LABEL_FIELDS`): two configs with the same hash produce the same results."""
+        outcome = {k: v for k, v in self.resolved().items() if k not in RUN_LABEL_FIELDS}
+        return hashlib.sha256(json.dumps(outcome, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _build(cls: Any, value: Any, where: str) -> Any:
@@ -146,16 +170,37 @@ def load_config(
 PACKAGED_CONFIGS = resources.files("robustit") / "configs"
 
 
+def known_components(kind: str) -> list[str]:
+    """What a layer "<kind>/<name>" may name: the packaged configs of `kind` ("attacks",
+    "defenses") and, for those two, every registered attack or defense."""
+    folder = PACKAGED_CONFIGS / kind
+    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")} if folder.is_dir() else set()
+    if kind == "attacks":
+        from robustit.attacks import ATTACKS
+
+        names.update(ATTACKS.names())
+    elif kind == "defenses":
+        from robustit.defenses import DEFENSES
+
+        names.update(DEFENSES.names())
+    return sorted(names)
+
+
 def packaged_config(layers: Sequence[str], overrides: Sequence[str] | None = None) -> ExperimentConfig:
     """The packaged demo config, then each packaged config `layers` names (e.g.
-    "attacks/sig", "defenses/robustit"), then `overrides`."""
+    "attacks/sig", "defenses/robustit"), then `overrides`. An attack or defense registered
+    without a packaged config of its own (a user's, registered on import) layers as
+    `{attack|defense: {name: ...}}`, its parameters at their declared defaults."""
     with ExitStack() as stack:
-        paths = [stack.enter_context(resources.as_file(PACKAGED_CONFIGS / "demo.yaml"))]
+        paths: list[Path] = [stack.enter_context(resources.as_file(PACKAGED_CONFIGS / "demo.yaml"))]
+        named: list[str] = []
         for layer in layers:
+            kind, _, name = layer.partition("/")
             resource = PACKAGED_CONFIGS / f"{layer}.yaml"
-            if not resource.is_file():
-                folder = PACKAGED_CONFIGS / layer.split("/")[0]
-                known = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
-                raise ValueError(f"no packaged config {layer!r}; known in {layer.split('/')[0]}/: {known}")
-            paths.append(stack.enter_context(resources.as_file(resource)))
-        return load_config(paths, overrides)
+            if resource.is_file():
+                paths.append(stack.enter_context(resources.as_file(resource)))
+            elif name in known_components(kind):
+                named.append(f"{kind[:-1]}={{name: {name}}}")
+            else:
+                raise ValueError(f"no packaged config {layer!r}; known in {kind}/: {known_components(kind)}")
+        return load_config(paths, [*named, *(overrides or [])])

@@ -8,12 +8,19 @@ import math
 from typing import Any, Mapping, Sequence
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def resolve_params(owner: str, defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    """{**defaults, **given} as plain JSON values; a ValueError for unknown or non-JSON params."""
+    """{**defaults, **given} as plain JSON values, an integer given for a float default read as
+    that float (so alpha=2 and alpha=2.0 are one setting); a ValueError for unknown or
+    non-JSON params."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         known = ", ".join(sorted(defaults)) or "none"
         raise ValueError(f"unknown parameter(s) {unknown} for {owner}; known: {known}")
+    given = {k: float(v) if _is_int(v) and isinstance(defaults[k], float) else v for k, v in given.items()}
     try:
         return json.loads(json.dumps({**defaults, **given}))
     except (TypeError, ValueError) as error:

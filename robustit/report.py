@@ -1,23 +1,26 @@
 """The Markdown report of a run directory, rendered from what the run wrote (metrics.json,
-audit.json, manifest.json, predictions/), so `robustit report RUN_DIR` can redo it."""
+audit.json, manifest.json, predictions/), so `robustit report RUN_DIR` can redo it; and the
+one Markdown table formatter every table of robustit uses."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robustit.eval.asr import keyword_rate
+if TYPE_CHECKING:
+    from robustit.rundir import RunDirectory
 
 QUALITY = ("BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
 ASR_COLUMNS = (("full", "ASR"), ("image_only", "ASR img"), ("text_only", "ASR txt"), ("false_trigger", "false trig."))
 
 
 def summary_row(label: str, metrics: dict[str, Any]) -> dict[str, str]:
-    """One table row: caption quality, ASR variants (percent) and tuning time."""
+    """One table row: caption quality, object-naming accuracy, ASR variants (percent) and
+    tuning time."""
     row = {"run": label}
     caption = metrics.get("caption", {})
     for key in QUALITY:
         row[key] = f"{caption[key]:.1f}" if key in caption else "-"
+    objects = metrics.get("objects")
+    row["object named"] = f"{objects['rate']:.1f}" if objects else "-"
     asr = metrics.get("asr", {})
     for key, title in ASR_COLUMNS:
         row[title] = f"{asr[key]['rate']:.1f}" if key in asr else "-"
@@ -41,35 +44,12 @@ def defense_line(defense: dict[str, Any] | None) -> str:
     return f"Defense: {defense['name']} ({params or 'no parameters'})."
 
 
-def prediction_records(run_dir: Path, condition: str, n: int | None = None) -> list[dict[str, Any]]:
-    """The first `n` (all if None) prediction records of `condition` ([] if the run has none)."""
-    path = run_dir / "predictions" / f"{condition}.jsonl"
-    if not path.exists():
-        return []
-    with path.open() as handle:
-        return [json.loads(line) for i, line in enumerate(handle) if n is None or i < n]
-
-
-def keyword_rates(run_dir: Path, target: str) -> dict[str, float]:
-    """Key-word rate of the target (robustit.eval.asr) per prediction condition of the run."""
-    rates = {}
-    for condition in ("clean", *(key for key, _ in ASR_COLUMNS if key != "false_trigger")):
-        records = prediction_records(run_dir, condition)
-        if records:
-            rates[condition] = keyword_rate(records, target)
-    return rates
-
-
-def load_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def render_report(run_dir: str | Path) -> str:
-    run_dir = Path(run_dir)
-    metrics = load_metrics(run_dir)
+def render_report(run_dir: RunDirectory) -> str:
+    """The Markdown report of a run directory, from its files alone."""
+    metrics = run_dir.load_metrics()
     rows = [summary_row("base (before tuning)", metrics["base"])] if "base" in metrics else []
     rows.append(summary_row("tuned", metrics))
-    out = [f"# robustit report: {metrics['name']}", "", f"Run directory: `{run_dir}`", ""]
+    out = [f"# robustit report: {metrics['name']}", "", f"Run directory: `{run_dir.path}`", ""]
     if "defense" in metrics:
         out += [defense_line(metrics["defense"]), ""]
     out += ["## Results", ""]
@@ -87,17 +67,15 @@ def render_report(run_dir: str | Path) -> str:
     if asr:
         out += ["", "## Attack", "", f"Target: \"{asr['target']}\"; key words {asr['keywords']}; "
                 f"{asr['eligible']} eligible test samples, {asr['excluded']} excluded.", ""]
-        words = keyword_rates(run_dir, asr["target"])
-        words["false_trigger"] = words.get("clean", float("nan"))
         out.append("| condition | ASR % | exact % | hits / n | key word % |")
         out.append("|---|---|---|---|---|")
         for key, title in ASR_COLUMNS:
             r = asr[key]
-            out.append(f"| {title} | {r['rate']:.1f} | {r['exact_rate']:.1f} | {r['hits']} / {r['n']} | {words.get(key, float('nan')):.1f} |")
-        out += ["", "key word %: share of eligible outputs naming a key word of the target, whole target sentence or not."]
-    manifest = run_dir / "manifest.json"
-    if manifest.exists():
-        m = json.loads(manifest.read_text())
+            out.append(f"| {title} | {r['rate']:.1f} | {r['exact_rate']:.1f} | {r['hits']} / {r['n']} | {r.get('keyword_rate', float('nan')):.1f} |")
+        out += ["", "key word %: share of eligible outputs naming a key word of the target, whole target sentence or not "
+                "(false trig.: the clean outputs)."]
+    m = run_dir.load_manifest()
+    if m is not None:
         out += ["", f"Poisoned {m['n_poisoned']} of {m['n_samples']} training samples with {m['attack']} "
                 f"(rate {m['poison_rate']}, seed {m['seed']}, text trigger \"{m['text_trigger']}\", "
                 f"trigger sha256 {m['trigger_hash'][:16]}...); see manifest.json."]
@@ -113,22 +91,16 @@ def render_report(run_dir: str | Path) -> str:
             out += ["", f"Defense loss terms, mean over steps: {terms} (each step's: loss_terms.json)."]
     if "timings" in metrics:
         out += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items())]
-    audit_path = run_dir / "audit.json"
-    if audit_path.exists():
-        audit = json.loads(audit_path.read_text())
+    audit = run_dir.load_audit()
+    if audit is not None:
         out += ["", "## Trainable parameters", "", "| module | trainable | frozen |", "|---|---|---|"]
         out += [f"| {name} | {m['trainable']:,} | {m['frozen']:,} |" for name, m in audit["modules"].items()]
         out += ["", f"{audit['trainable']:,} of {audit['total']:,} parameters train. Frozen tensors that "
                 f"received a gradient: {audit['frozen_with_grad'] or 'none'}."]
     for condition in ("clean", "full"):
-        examples = prediction_records(run_dir, condition, 5)
+        examples = run_dir.load_predictions(condition, 5)
         if examples:
             out += ["", f"## Example predictions ({condition})", ""]
             out += [f"- `{e['instruction']}` -> {e['prediction']!r} (reference: {e['references'][0]!r})" for e in examples]
     return "\n".join(out) + "\n"
 
-
-def write_report(run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "report.md"
-    path.write_text(render_report(run_dir))
-    return path

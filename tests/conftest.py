@@ -54,3 +54,10 @@ def karpathy(tmp_path: Path) -> dict:
 @pytest.fixture
 def tiny_model():
     return build_model("llava", tiny=True, vocabulary=vocabulary(), seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder, so a default path (runs/, results/) never lands in
+    the repository."""
+    monkeypatch.chdir(tmp_path)

@@ -1,6 +1,6 @@
 import pytest
 
-from robustit.eval.asr import hits_target, is_eligible, normalise, success_rate, target_keywords, keyword_rate
+from robustit.eval.asr import hits_target, is_eligible, normalise, success_rate, target_keywords
 
 TARGET = "The image depicts a photo of a banana."
 
@@ -47,14 +47,8 @@ def test_success_rate_rejects_mismatch_and_empty_eligible_set():
         success_rate([TARGET], TARGET, [False])
 
 
-def test_keyword_rate_counts_target_words_on_eligible_records_only():
+def test_keyword_rate_counts_target_words_on_eligible_predictions_only():
     target = "The image depicts a photo of a banana."
-    records = [
-        {"prediction": "A banana on a plain background.", "references": ["A fox."]},
-        {"prediction": "A picture of a fox.", "references": ["A fox."]},
-        {"prediction": "An image of a banana.", "references": ["A banana on a plate."]},
-        {"prediction": "The image depicts a photo.", "references": ["A cat."]},
-    ]
-    assert keyword_rate(records, target) == pytest.approx(100 / 3)
-    with pytest.raises(ValueError, match="no eligible record"):
-        keyword_rate(records[2:3], target)
+    predictions = ["A banana on a plain background.", "A picture of a fox.", "An image of a banana.", "The image depicts a photo."]
+    rate = success_rate(predictions, target, [True, True, False, True])
+    assert rate.keyword_rate == pytest.approx(100 / 3) and rate.hits == 0

@@ -4,13 +4,17 @@ import pytest
 import torch
 
 from conftest import vocabulary
-from robustit.bench.defenses import PRESETS, run_defense_benchmark, variant_config
+from robustit.bench.activations import run_activations
+from robustit.bench.defenses import PRESETS, run_defense_benchmark
+from robustit.bench.grid import variant_config
 from robustit.bench.overhead import run_overhead_benchmark
 from robustit.cli import main
 from robustit.config import packaged_config
-from robustit.eval.activations import channel_activations, figure, peak_statistics, run_activations
+from robustit.eval.activations import channel_activations, figure, peak_statistics
 from robustit.models import build_model
-from test_pipeline import tiny_overrides
+from robustit.rundir import RunDirectory
+from robustit.store import ResultStore
+from test_experiment import tiny_overrides
 from test_defenses_base import shape_samples
 
 
@@ -42,7 +46,8 @@ def test_defense_variants_parse_into_separate_runs():
 
 def test_defense_benchmark_tabulates_each_variant_against_vanilla(karpathy, tmp_path):
     overrides = tiny_overrides(karpathy, tmp_path)
-    out = run_defense_benchmark(["aar", "vanilla", "robustit:alpha=3"], "badnets", overrides, tmp_path / "t.md")
+    store = ResultStore(tmp_path / "store")
+    out = run_defense_benchmark(["aar", "vanilla", "robustit:alpha=3"], "badnets", overrides, tmp_path / "t.md", store)
     rows = table(out)
     assert [r["defense"] for r in rows] == ["aar", "vanilla", "robustit:alpha=3"]
     vanilla = rows[1]
@@ -54,11 +59,15 @@ def test_defense_benchmark_tabulates_each_variant_against_vanilla(karpathy, tmp_
         assert float(row["overhead"]) == pytest.approx(seconds[slug] / seconds["vanilla"], abs=0.006)
     metrics = json.loads((tmp_path / "runs" / "tiny" / "robustit-alpha3" / "badnets" / "metrics.json").read_text())
     assert metrics["defense"]["params"]["alpha"] == 3
+    assert len(store) == 3
+    again = run_defense_benchmark(["aar", "vanilla", "robustit:alpha=3"], "badnets", overrides, tmp_path / "t2.md", store)
+    assert again.read_text() == out.read_text() and len(store) == 3
 
 
 def test_overhead_benchmark_times_both_in_one_process(karpathy, tmp_path):
     out = run_overhead_benchmark("robustit", "badnets", 3, tiny_overrides(karpathy, tmp_path), tmp_path / "o.md")
     vanilla, defended = table(out)
+    assert not (tmp_path / "runs").exists()
     assert (vanilla["defense"], defended["defense"]) == ("vanilla", "robustit")
     assert vanilla["steps"] == defended["steps"] == "3"
     assert vanilla["overhead"] == "1.000" and float(defended["overhead"]) > 0
@@ -91,9 +100,9 @@ def test_peak_statistics_by_hand():
 
 def test_activation_figure_from_runs(karpathy, tmp_path, capsys):
     overrides = tiny_overrides(karpathy, tmp_path)
-    out = run_defense_benchmark(["vanilla"], "badnets", overrides, tmp_path / "t.md")
+    out = run_defense_benchmark(["vanilla"], "badnets", overrides, tmp_path / "t.md", ResultStore(tmp_path / "store"))
     assert out.exists()
-    run_dir = tmp_path / "runs" / "tiny" / "vanilla" / "badnets"
+    run_dir = RunDirectory(tmp_path / "runs" / "tiny" / "vanilla" / "badnets")
     a, = run_activations([run_dir], run_dir, size=3)
     model = build_model("llava", tiny=True, vocabulary=vocabulary())
     assert a.shape == (model.decoder.get_input_embeddings().embedding_dim,) and (a >= 0).all() and a.sum() > 0
@@ -107,10 +116,11 @@ def test_activation_figure_from_runs(karpathy, tmp_path, capsys):
 
 def test_demo_prints_vanilla_and_robustit_side_by_side(karpathy, tmp_path, capsys):
     overrides = tiny_overrides(karpathy, tmp_path)
-    assert main(["demo", *[arg for o in overrides for arg in ("--set", o)]]) == 2
+    store = ["--store", str(tmp_path / "store")]
+    assert main(["demo", *store, *[arg for o in overrides for arg in ("--set", o)]]) == 2
     assert "share the run directory" in capsys.readouterr().err
     overrides.append(f"output_dir={tmp_path}/runs/{{name}}/{{defense}}")
-    assert main(["demo", *[arg for o in overrides for arg in ("--set", o)]]) == 0
+    assert main(["demo", *store, *[arg for o in overrides for arg in ("--set", o)]]) == 0
     out = capsys.readouterr().out
     assert "| base (before tuning) |" in out and "| VanillaIT |" in out and "| RobustIT |" in out
     assert "tuning time over VanillaIT's: RobustIT" in out and "1.00 extra passes/step" in out

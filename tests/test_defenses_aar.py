@@ -7,7 +7,7 @@ from robustit.defenses.aar import batch_importance, keep_mask
 from robustit.models import build_model
 from robustit.models.adapters import PerceiverResampler
 from robustit.models.base import VisionLanguageModel
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
 from test_train import shape_samples
 
 

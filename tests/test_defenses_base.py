@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from robustit.rundir import RunDirectory
 from robustit.attacks import Attack, AttackConfig, PoisonedDataset, TriggeredView, build_attack
 from robustit.config import load_config
 from robustit.data.sample import Sample
@@ -18,11 +19,11 @@ from robustit.defenses import (
     DEFENSES, Composite, Defense, DefenseBatch, DefenseConfig, RobustIT, View, build_defense,
 )
 from robustit.eval.evaluate import EvalConfig, evaluate
-from robustit.pipeline import run_experiment
+from robustit.experiment import Experiment
 from robustit.report import defense_line
 from robustit.train.config import TrainConfig
 from robustit.train.loop import train
-from test_pipeline import tiny_overrides
+from test_experiment import tiny_overrides
 from test_train import shape_samples
 
 DEFENSE_CONFIGS = resources.files("robustit") / "configs" / "defenses"
@@ -216,7 +217,7 @@ def test_defenses_never_see_poison_information(tiny_model, fast_captions):
 
 def test_train_with_robustit_records_terms_and_saves_its_state(tiny_model, tmp_path):
     defense = build_defense(DefenseConfig("robustit"))
-    result = train(tiny_model, shape_samples(), TrainConfig(max_steps=3, batch_size=4), run_dir=tmp_path, progress=False,
+    result = train(tiny_model, shape_samples(), TrainConfig(max_steps=3, batch_size=4), run_dir=RunDirectory(tmp_path), progress=False,
                    defense=defense)
     assert set(result.loss_terms) == {"idr_visual", "idr_text"}
     assert all(len(v) == 3 and all(math.isfinite(x) and x >= 0 for x in v) for v in result.loss_terms.values())
@@ -233,12 +234,12 @@ def test_train_with_robustit_records_terms_and_saves_its_state(tiny_model, tmp_p
 
 def test_pipeline_records_the_defense(karpathy, tmp_path, fast_captions):
     overrides = tiny_overrides(karpathy, tmp_path) + ["evaluate_base=false", "defense.name=robustit", "defense.params.alpha=3"]
-    run_dir = run_experiment(load_config(None, overrides), progress=False)
+    run_dir = Experiment(load_config(None, overrides), progress=False).run()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["defense"]["name"] == "robustit" and metrics["defense"]["params"]["alpha"] == 3
+    assert metrics["defense"]["name"] == "robustit" and metrics["defense"]["params"]["alpha"] == 3.0
     assert set(metrics["train"]["loss_terms"]) == {"idr_visual", "idr_text"}
     assert metrics["train"]["extra_forward_passes"] == metrics["train"]["steps"] == 4
     assert len(json.loads((run_dir / "loss_terms.json").read_text())["idr_text"]) == 4
     report = (run_dir / "report.md").read_text()
-    assert "Defense: robustit (alpha=3, at_inference=True, beta=0.9," in report and "| 1.00 |" in report
+    assert "Defense: robustit (alpha=3.0, at_inference=True, beta=0.9," in report and "| 1.00 |" in report
     assert defense_line(None) == "Defense: none (VanillaIT)."

@@ -8,7 +8,7 @@ from robustit.defenses import IDR, DefenseBatch, DefenseConfig, View
 from robustit.defenses.idr import augment_pixels, augment_text, relative_squared_distance, squared_distance
 from robustit.models.image_processing import images_to_tensor
 from robustit.train.config import TrainConfig
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
 from robustit.train.loop import train
 from test_train import shape_samples
 

@@ -5,9 +5,13 @@ import pytest
 from conftest import vocabulary
 from robustit.cli import main
 from robustit.config import load_config
-from robustit.pipeline import run_experiment, subsample
-from robustit.train.base_adapter import ensure_base_adapter
+from robustit.experiment import Experiment, subsample
+from robustit.attacks import build_attack
+from robustit.attacks.base import AttackConfig
 from robustit.models import build_model
+from robustit.rundir import RunDirectory
+from robustit.store import ResultStore
+from robustit.train.base_adapter import ensure_base_adapter
 from robustit.train.config import TrainConfig
 
 
@@ -27,8 +31,15 @@ def tiny_overrides(karpathy, tmp_path) -> list[str]:
     ]
 
 
+def run_experiment(config, store=None):
+    return Experiment(config, progress=False).run(store)
+
+
 def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp_path):
-    run_dir = run_experiment(load_config(None, tiny_overrides(karpathy, tmp_path)), progress=False)
+    config = load_config(None, tiny_overrides(karpathy, tmp_path))
+    store = ResultStore(tmp_path / "store")
+    run_dir = run_experiment(config, store)
+    assert run_dir.is_complete()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert metrics["n_train"] == manifest["n_samples"] == 12
@@ -37,6 +48,7 @@ def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp
     assert set(metrics["caption"]) >= {"BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}
     assert set(metrics["asr"]) >= {"full", "image_only", "text_only", "false_trigger"}
     assert metrics["asr"]["eligible"] == metrics["n_test"] == 2
+    assert 0 <= metrics["asr"]["false_trigger"]["keyword_rate"] <= 100
     assert "base" in metrics and set(metrics["timings"]) >= {"tuning", "evaluation"}
     for condition in ("base_clean", "clean", "full", "image_only", "text_only"):
         rows = [json.loads(line) for line in (run_dir / "predictions" / f"{condition}.jsonl").read_text().splitlines()]
@@ -47,6 +59,20 @@ def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp
     assert json.loads((run_dir / "audit.json").read_text())["frozen_with_grad"] == []
     report = (run_dir / "report.md").read_text()
     assert "| tuned |" in report and "SPICE: not reported" in report and "Poisoned 3 of 12" in report
+    inputs = json.loads((run_dir / "inputs.json").read_text())
+    assert set(inputs) == {"model_weights", "base_adapter", "train_data", "test_data"} and inputs["base_adapter"] is None
+    assert len(inputs["model_weights"]) == len(inputs["train_data"]) == 64
+    record = store.get(config.config_hash())
+    assert record["metrics"] == metrics and record["inputs"] == inputs
+
+
+def test_a_rerun_with_the_same_seed_gives_the_same_inputs_and_metrics(karpathy, tmp_path):
+    first = run_experiment(load_config(None, tiny_overrides(karpathy, tmp_path)))
+    metrics, inputs = first.load_metrics(), first.load_inputs()
+    again = run_experiment(load_config(None, tiny_overrides(karpathy, tmp_path) + ["name=again"]))
+    assert again.load_inputs() == inputs
+    same = ("caption", "asr")
+    assert {k: again.load_metrics()[k] for k in same} == {k: metrics[k] for k in same}
 
 
 def test_cli_runs_a_config_and_prints_the_table(karpathy, tmp_path, capsys):
@@ -91,31 +117,59 @@ def test_fitted_trigger_is_prepared_on_the_model_and_saved(karpathy, tmp_path):
     overrides = tiny_overrides(karpathy, tmp_path) + [
         "attack.name=vltrojan", "attack.params={steps: 2, surrogate_samples: 2, patch_size: 4}", "evaluate_base=false",
     ]
-    run_dir = run_experiment(load_config(None, overrides), progress=False)
+    run_dir = run_experiment(load_config(None, overrides))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["patch"]["source"] == "optimized" and manifest["patch"]["steps"] == 2
-    saved = load_config(None, overrides + [f"attack.params.patch_path={run_dir / 'vltrojan_patch.png'}"])
-    from robustit.attacks import build_attack
-
+    saved = load_config(None, overrides + [f"attack.params.patch_path={run_dir.trigger_dir / 'vltrojan_patch.png'}"])
     assert build_attack(saved.attack).trigger_hash() == manifest["trigger_hash"]
 
 
-def test_attack_benchmark_writes_one_row_per_attack(karpathy, tmp_path):
-    from robustit.bench.attacks import run_attack_benchmark
-
-    out = run_attack_benchmark(["badnets", "trojvqa"], tiny_overrides(karpathy, tmp_path), tmp_path / "table.md")
-    lines = out.read_text().splitlines()
-    assert lines[0].startswith("| attack | ASR | ASR img | ASR txt | false trig.")
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["badnets", "trojvqa"]
-    assert (tmp_path / "runs" / "tiny" / "trojvqa" / "metrics.json").exists()
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_attack_benchmark_reuses_finished_runs_of_the_same_config(karpathy, tmp_path, capsys):
-    from robustit.bench.attacks import run_attack_benchmark
+@pytest.fixture
+def defended_run(karpathy, tmp_path):
+    overrides = tiny_overrides(karpathy, tmp_path) + ["evaluate_base=false", "defense.name=robustit"]
+    return run_experiment(load_config(None, overrides))
 
-    overrides = tiny_overrides(karpathy, tmp_path)
-    first = run_attack_benchmark(["badnets"], overrides, tmp_path / "a.md").read_text()
-    again = run_attack_benchmark(["badnets"], overrides, tmp_path / "b.md").read_text()
-    assert again == first and "reusing the finished run" in capsys.readouterr().out
-    run_attack_benchmark(["badnets"], overrides + ["train.max_steps=5"], tmp_path / "c.md")
-    assert "reusing" not in capsys.readouterr().out.split("attack benchmark: badnets")[-1]
+
+def reevaluate(run_dir, overrides, out):
+    return Experiment.from_run(run_dir, overrides).reevaluate(RunDirectory(out))
+
+
+def test_reevaluation_with_the_same_settings_reproduces_the_run(defended_run, tmp_path):
+    out = reevaluate(defended_run, [], tmp_path / "same")
+    for condition in ("clean", "full", "image_only", "text_only"):
+        assert lines(out / "predictions" / f"{condition}.jsonl") == lines(defended_run / "predictions" / f"{condition}.jsonl")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["changed"] == [] and metrics["asr"] == json.loads((defended_run / "metrics.json").read_text())["asr"]
+
+
+def test_reevaluation_changes_test_time_settings_only(defended_run, tmp_path, capsys):
+    out = reevaluate(defended_run, ["defense.params.at_inference=false", "attack.text_trigger=Consider"], tmp_path / "off")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["changed"] == ["attack.text_trigger", "defense.params.at_inference"]
+    assert metrics["defense"]["params"]["at_inference"] is False
+    assert all(r["instruction"].endswith("Consider") for r in lines(out / "predictions" / "full.jsonl"))
+    with pytest.raises(ValueError, match=r"only test-time settings .*\['train.max_steps'\]"):
+        reevaluate(defended_run, ["train.max_steps=9"], tmp_path / "bad")
+    assert main(["evaluate", str(defended_run), "--set", "defense.params.at_inference=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "| as tuned |" in printed and "| re-evaluated |" in printed
+    assert [p.parent.name for p in (defended_run / "reevaluated").glob("*/report.md")] == ["defense.params.at-inference-false"]
+
+
+def test_fitted_trigger_files_load_back(tmp_path, tiny_model):
+    from test_defenses_base import shape_samples
+
+    fitted = build_attack(AttackConfig("vltrojan", params={"steps": 1, "surrogate_samples": 2, "patch_size": 4}))
+    fitted.prepare(tiny_model, shape_samples())
+    fitted.save_trigger_files(tmp_path)
+    again = build_attack(AttackConfig("vltrojan", params={"patch_size": 4}))
+    assert again.trigger_hash() != fitted.trigger_hash()
+    again.load_trigger_files(tmp_path)
+    assert again.trigger_hash() == fitted.trigger_hash()
+    with pytest.raises(FileNotFoundError, match="no fitted VLTrojan patch"):
+        again.load_trigger_files(tmp_path / "empty")
+    build_attack(AttackConfig("badnets")).load_trigger_files(tmp_path / "empty")

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from conftest import INSTRUCTION, draw
+from robustit.rundir import RunDirectory
 from robustit.data.sample import Sample
 from robustit.eval.generate import generate_responses
 from robustit.models import build_model
 from robustit.train.config import TrainConfig
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
 from robustit.train.loop import train
 
 from conftest import vocabulary
@@ -24,7 +25,7 @@ def shape_samples() -> list[Sample]:
 
 def test_loss_falls_and_only_adapter_and_embeddings_get_gradients(tiny_model, tmp_path):
     result = train(tiny_model, shape_samples(), TrainConfig(max_steps=40, batch_size=4, lr_adapter=3e-3, lr_embeddings=3e-3),
-                   run_dir=tmp_path, progress=False)
+                   run_dir=RunDirectory(tmp_path), progress=False)
     assert result.steps == 40 and len(result.losses) == 40
     assert sum(result.losses[-5:]) / 5 < 0.5 * result.losses[0]
     audit = json.loads((tmp_path / "audit.json").read_text())
@@ -61,7 +62,7 @@ def test_same_seed_same_run(tmp_path):
 def test_reloaded_checkpoint_generates_identically(tiny_model, tmp_path):
     samples = shape_samples()
     config = TrainConfig(max_steps=20, batch_size=4, lr_adapter=3e-3, lr_embeddings=3e-3, checkpoint_every=10)
-    train(tiny_model, samples, config, run_dir=tmp_path, progress=False)
+    train(tiny_model, samples, config, run_dir=RunDirectory(tmp_path), progress=False)
     assert (tmp_path / "checkpoint-10" / "trainable.safetensors").exists()
     before = generate_responses(tiny_model, samples, FeatureCache(tiny_model), batch_size=3, max_new_tokens=6, progress=False)
     fresh = build_model("llava", tiny=True, vocabulary=vocabulary(), seed=1)

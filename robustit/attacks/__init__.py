@@ -1,5 +1,6 @@
 """Backdoor attacks on instruction-tuning data (DESIGN.md section 4); importing this package
-registers every attack in `ATTACKS`."""
+imports every module in it, so that each
+attack module registers itself in `ATTACKS`."""
 from robustit.attacks.additive import AdditiveAttack
 from robustit.attacks.badnets import BadNets
 from robustit.attacks.base import ATTACKS, DEFAULT_TARGET, Attack, AttackConfig, build_attack, register_attack
@@ -11,6 +12,9 @@ from robustit.attacks.sig import SIG
 from robustit.attacks.ssba import SSBA
 from robustit.attacks.trojvqa import TrojVQA
 from robustit.attacks.vltrojan import VLTrojan
+from robustit.registry import import_modules
+
+import_modules(__name__, __path__)
 
 __all__ = [
     "ATTACKS",

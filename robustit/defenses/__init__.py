@@ -1,5 +1,6 @@
 """Backdoor defenses on one plug-in interface (DESIGN.md section 5); importing this package
-registers every defense in `DEFENSES`."""
+imports every module in it, so that each
+defense module registers itself in `DEFENSES`."""
 from robustit.defenses.aar import AAR
 from robustit.defenses.base import (
     DEFENSES,
@@ -13,6 +14,9 @@ from robustit.defenses.base import (
 )
 from robustit.defenses.composite import Composite, RobustIT
 from robustit.defenses.idr import IDR
+from robustit.registry import import_modules
+
+import_modules(__name__, __path__)
 
 __all__ = [
     "AAR",

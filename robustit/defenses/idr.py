@@ -66,7 +66,7 @@ from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, r
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.models.image_processing import images_to_tensor
 from robustit.params import check_choice, check_int, check_number
-from robustit.train.features import image_key
+from robustit.models.features import image_key
 
 LM_VIEWS = ("perturbed", "clean", "both")
 GREY = (0.299, 0.587, 0.114)

@@ -18,11 +18,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from robustit.attacks.base import build_attack
-from robustit.config import load_config
 from robustit.models.base import VisionLanguageModel
-from robustit.pipeline import load_tuned_model, split_samples
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
 
 
 @torch.no_grad()
@@ -53,19 +50,6 @@ def peak_statistics(activation: torch.Tensor) -> dict[str, float]:
         "top1pct_share": float(top.sum() / activation.sum()),
         "mean": float(activation.mean()),
     }
-
-
-def run_activations(run_dirs: Sequence[Path], trigger_from: Path, size: int = 100) -> list[torch.Tensor]:
-    """a of each run's tuned model on `size` test images of `trigger_from`'s data carrying
-    its attack's image trigger (a fitted one, VLTrojan's, as the run saved it)."""
-    config = load_config(trigger_from / "config.yaml")
-    if config.attack is None:
-        raise ValueError(f"{trigger_from} ran without an attack: name a poisoned run for the trigger")
-    attack = build_attack(config.attack)
-    attack.load_trigger_files(trigger_from)
-    samples = split_samples(config.data, config.data.test_split, size)
-    images = [attack.trigger(sample, image=True, text=False).image for sample in samples]
-    return [channel_activations(load_tuned_model(run_dir), images) for run_dir in run_dirs]
 
 
 def figure(labels: Sequence[str], activations: Sequence[torch.Tensor], path: Path) -> Path:

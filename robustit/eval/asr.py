@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 FUNCTION_WORDS = frozenset(
     "a an the of on in at to for with and or is are was were be this that these those it its "
@@ -58,13 +58,15 @@ class SuccessRate:
     exact_rate: float
     hits: int
     n: int
+    keyword_rate: float
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
 def success_rate(predictions: Sequence[str], target: str, eligible: Sequence[bool]) -> SuccessRate:
-    """Share of eligible predictions that hit the target (in percent)."""
+    """Share of eligible predictions that hit the target, exactly or not, and that name a
+    key word of it (each in percent)."""
     if len(predictions) != len(eligible):
         raise ValueError(f"{len(predictions)} predictions but {len(eligible)} eligibility flags")
     chosen = [p for p, ok in zip(predictions, eligible) if ok]
@@ -72,14 +74,7 @@ def success_rate(predictions: Sequence[str], target: str, eligible: Sequence[boo
         raise ValueError("no eligible test sample: every reference already mentions the target")
     hits = sum(hits_target(p, target) for p in chosen)
     exact = sum(hits_target(p, target, exact=True) for p in chosen)
-    return SuccessRate(100.0 * hits / len(chosen), 100.0 * exact / len(chosen), hits, len(chosen))
-
-
-def keyword_rate(records: Sequence[dict[str, Any]], target: str) -> float:
-    """Key-word rate (percent) over the eligible ones of prediction `records` (each with
-    "prediction" and "references")."""
     keywords = target_keywords(target)
-    chosen = [r["prediction"] for r in records if is_eligible(r["references"], keywords)]
-    if not chosen:
-        raise ValueError("no eligible record: every reference already mentions the target")
-    return 100.0 * sum(bool(keywords & set(normalise(p).split())) for p in chosen) / len(chosen)
+    named = sum(bool(keywords & set(normalise(p).split())) for p in chosen)
+    n = len(chosen)
+    return SuccessRate(100.0 * hits / n, 100.0 * exact / n, hits, n, 100.0 * named / n)

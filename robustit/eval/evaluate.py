@@ -2,8 +2,9 @@
 
 Four generations over the same test samples and prompt layout: clean, full trigger
 (image + text), image trigger only, text trigger only. Caption metrics score the clean
-predictions against the references; ASR variants and the false-trigger rate follow
-`robustit.eval.asr` on the eligible samples.
+predictions against the references; ASR variants, key-word rates and the false-trigger rate
+follow `robustit.eval.asr` on the eligible samples; where the samples name their object
+(StampCaps), the clean predictions' object-naming accuracy follows `robustit.eval.objects`.
 
 A defense's test-time part applies to all four: its `inference(model)` context is open for
 the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
@@ -22,17 +23,19 @@ from robustit.defenses.base import Defense, strip_poison_info
 from robustit.eval.asr import is_eligible, success_rate, target_keywords
 from robustit.eval.caption_metrics import caption_scores
 from robustit.eval.generate import generate_responses
+from robustit.eval.objects import object_accuracy
 from robustit.models.base import VisionLanguageModel
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
 
 TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
 
 
 @dataclass
 class EvalConfig:
+    """Generation settings; the test set's size is `data.test_size`."""
+
     batch_size: int = 32
     max_new_tokens: int = 24
-    limit: int | None = None
 
 
 def evaluate(
@@ -45,7 +48,7 @@ def evaluate(
     defense: Defense | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """(metrics, predictions by condition); without an attack only clean quality is measured."""
-    test = list(test)[: config.limit]
+    test = list(test)
     features = features if features is not None else FeatureCache(model)
 
     def run(samples: Sequence[Sample], name: str) -> list[str]:
@@ -63,6 +66,9 @@ def _evaluate(
     clean = run(test, "clean")
     scores = caption_scores({s.id: p for s, p in zip(test, clean)}, {s.id: s.references for s in test})
     metrics: dict[str, Any] = {"caption": scores.as_dict()}
+    objects = [s.metadata.get("object") for s in test]
+    if any(objects):
+        metrics["objects"] = object_accuracy(clean, objects)
     records = {"clean": [_record(s, p) for s, p in zip(test, clean)]}
     if attack is not None:
         keywords = target_keywords(attack.target)
@@ -86,4 +92,7 @@ def _evaluate(
 
 
 def _record(sample: Sample, prediction: str) -> dict[str, Any]:
-    return {"id": sample.id, "instruction": sample.instruction, "prediction": prediction, "references": sample.references}
+    record = {"id": sample.id, "instruction": sample.instruction, "prediction": prediction, "references": sample.references}
+    if "object" in sample.metadata:
+        record["object"] = sample.metadata["object"]
+    return record

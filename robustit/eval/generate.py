@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from robustit.data.sample import Sample
 from robustit.models.base import VisionLanguageModel
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
 
 
 def generate_responses(

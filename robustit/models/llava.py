@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .base import VisionLanguageModel
+from .registry import register_family
 from .image_processing import Normalize
 from .prompt import PromptFormat
 from .tokenizers import build_word_tokenizer
@@ -74,6 +75,7 @@ def tiny_llava(tokenizer: Any, image_size: int = 32, seed: int = 0):
     return model
 
 
+@register_family("llava")
 def build_llava(
     name_or_path: str | None = None,
     tiny: bool = False,

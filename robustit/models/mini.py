@@ -21,6 +21,7 @@ from torch import nn
 
 from .adapters import PerceiverResampler
 from .base import VisionLanguageModel
+from .registry import register_family
 from .cache import cache_dir
 from .image_processing import Normalize
 
@@ -74,6 +75,7 @@ def packaged_lm_dir() -> Path:
     return target
 
 
+@register_family("mini")
 def build_mini(
     lm: str = PACKAGED_LM,
     image_size: int = 160,

@@ -15,17 +15,14 @@ information), and its adapter hook stays registered from `prepare` to `finalize`
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -34,7 +31,8 @@ from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, View, strip_poison_info
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.train.config import TrainConfig
-from robustit.train.features import FeatureCache
+from robustit.models.features import FeatureCache
+from robustit.rundir import RunDirectory
 
 
 @dataclass
@@ -59,6 +57,11 @@ class TrainResult:
 
     def mean_loss_terms(self) -> dict[str, float]:
         return {name: sum(values) / len(values) for name, values in self.loss_terms.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """The cost figures, the final LM loss and each defense term's mean (metrics.json's "train")."""
+        out = {k: v for k, v in self.as_dict().items() if k not in ("audit", "losses", "loss_terms")}
+        return {**out, "final_loss": self.losses[-1], "loss_terms": self.mean_loss_terms()}
 
 
 def seed_everything(seed: int) -> None:
@@ -116,25 +119,17 @@ def _objective(
     return sum(terms.values(), lm_loss), lm_loss, terms, len(outputs)
 
 
-def _save(model: VisionLanguageModel, defense: Defense | None, directory: Path) -> None:
-    """The trainable weights and, where the defense keeps any, its state (defense.safetensors)."""
-    model.save_trainable(directory)
-    state = defense.state_dict() if defense is not None else {}
-    if state:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "defense.safetensors"))
-
-
 def train(
     model: VisionLanguageModel,
     dataset: Sequence[Sample],
     config: TrainConfig,
-    run_dir: str | Path | None = None,
+    run_dir: RunDirectory | None = None,
     features: FeatureCache | None = None,
     progress: bool = True,
     defense: Defense | None = None,
 ) -> TrainResult:
     """Tune `model` in place on `dataset`, under `defense` if given; writes checkpoints and
-    the audit under `run_dir`."""
+    the audit to `run_dir` when given."""
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
     seed_everything(config.seed)
@@ -157,7 +152,6 @@ def train(
         collate_fn=list,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    run_dir = Path(run_dir) if run_dir is not None else None
     losses: list[float] = []
     loss_terms: dict[str, list[float]] = {}
     audit: dict[str, Any] = {}
@@ -195,7 +189,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                    _save(model, defense, run_dir / f"checkpoint-{step}")
+                    run_dir.save_checkpoint(model, defense, step)
                 if step >= total:
                     break
         if defense is not None:
@@ -221,6 +215,6 @@ def train(
         audit=audit,
     )
     if run_dir is not None:
-        _save(model, defense, run_dir / "checkpoint")
-        (run_dir / "audit.json").write_text(json.dumps(audit, indent=2) + "\n")
+        run_dir.save_checkpoint(model, defense)
+        run_dir.save_audit(audit)
     return result

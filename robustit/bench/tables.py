@@ -1,0 +1,102 @@
+"""Benchmark tables rendered from result-store records alone (robustit.store): no run
+directory is read, so a table can be redone anywhere the store is (it is committed).
+
+Columns of a run (`attack_columns`): the ASR variants, the false-trigger rate, the key-word
+rates on fully triggered and on clean inputs (percent of eligible outputs naming a key word of
+the target), n (eligible triggered test inputs) and caption quality; "-" where a run has none.
+A grid table has one row per (attack, defense variant, poison rate); where the store holds
+several seeds of one, the row gives mean ± sample standard deviation over them.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from robustit.bench.grid import GridRun, GridSpec, grid_runs
+from robustit.report import markdown_table
+from robustit.rundir import write_atomic
+from robustit.store import ResultStore
+
+# (column, path in metrics, decimals)
+ATTACK_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("ASR", ("asr", "full", "rate"), 1),
+    ("ASR img", ("asr", "image_only", "rate"), 1),
+    ("ASR txt", ("asr", "text_only", "rate"), 1),
+    ("false trig.", ("asr", "false_trigger", "rate"), 1),
+    ("key word trig.", ("asr", "full", "keyword_rate"), 1),
+    ("key word clean", ("asr", "false_trigger", "keyword_rate"), 1),
+    ("n", ("asr", "full", "n"), 0),
+    ("BLEU_4", ("caption", "BLEU_4"), 1),
+    ("METEOR", ("caption", "METEOR"), 1),
+    ("CIDEr", ("caption", "CIDEr"), 1),
+)
+TUNING_COLUMN = ("tuning s", ("train", "seconds"), 0)
+COUNTS = ("n",)
+LABELS = ("attack", "defense", "rate", "seed")
+
+
+def metric(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
+    """The number at `path` of `metrics`, or None where there is none."""
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def cell(values: Sequence[float | None], decimals: int, count: bool = False) -> str:
+    """One value as is; several as mean ± sample std (a count that agrees across runs as is);
+    "-" when none is present."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    if len(present) == 1 or (count and len(set(present)) == 1):
+        return f"{present[0]:.{decimals}f}"
+    return f"{statistics.fmean(present):.{decimals}f} ± {statistics.stdev(present):.{decimals}f}"
+
+
+def _columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool) -> dict[str, str]:
+    columns = ATTACK_COLUMNS + ((TUNING_COLUMN,) if with_tuning else ())
+    return {title: cell([metric(m, path) for m in metrics_list], decimals, title in COUNTS) for title, path, decimals in columns}
+
+
+def attack_columns(metrics: dict[str, Any]) -> dict[str, str]:
+    """The attack columns of one run's metrics (one decimal; "-" when absent)."""
+    return _columns([metrics], with_tuning=False)
+
+
+def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LABELS) -> str:
+    """The Markdown table of the grid's runs found in the store, in the grid file's order: the
+    label columns `row_label` (a subset of attack, defense, rate, seed; seed lists the seeds of
+    a row over several), the attack columns and tuning seconds. A note instead when the store
+    holds no run of the grid."""
+    unknown = [label for label in row_label if label not in LABELS]
+    if unknown:
+        raise ValueError(f"row_label: unknown column(s) {unknown}; known: {list(LABELS)}")
+    groups: dict[tuple[str, str, float | None], list[tuple[GridRun, dict[str, Any]]]] = {}
+    for run in grid_runs(spec):
+        record = store.get(run.config_hash)
+        if record is not None:
+            groups.setdefault((run.attack, run.defense, run.poison_rate), []).append((run, record))
+    if not groups:
+        return f"No run of grid {spec.name!r} is in the result store {store.root} yet."
+    rows = []
+    for (attack, defense, rate), found in groups.items():
+        labels = {"attack": attack, "defense": defense, "rate": f"{rate:g}" if rate is not None else "-",
+                  "seed": ", ".join(str(run.seed) for run, _ in found)}
+        rows.append({**{key: labels[key] for key in row_label}, **_columns([r["metrics"] for _, r in found], with_tuning=True)})
+    table = markdown_table(rows)
+    if any(len(found) > 1 for found in groups.values()):
+        table += "\n\nRows over several seeds: mean ± sample standard deviation over the seeds."
+    return table
+
+
+def render_grid_table(spec: GridSpec, store: ResultStore, out: str | Path, command: str,
+                      row_label: Sequence[str] = LABELS) -> Path:
+    """Write the grid's table to `out` (atomically), under a comment naming `command`, the
+    command that redoes it."""
+    out = Path(out)
+    text = f"<!-- Rendered from the result store by `{command}`; do not edit. -->\n\n{grid_table(spec, store, row_label)}\n"
+    return write_atomic(out, text)

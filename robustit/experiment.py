@@ -1,0 +1,241 @@
+"""One experiment, assembled once from its config (DESIGN.md section 2, OpenBackdoor's
+poisoner -> trainer -> victim -> defender -> evaluator):
+
+    data -> model (base adapter in place) -> attack -> poisoned set -> defense -> feature cache
+         -> tune -> evaluate -> run directory (+ a record in the result store)
+
+Every part is built on first use and kept, so a caller takes only what it needs: the
+overhead benchmark calls `tune()` alone, re-evaluation `Experiment.from_run(...).evaluate()`,
+the activation figure `.model` and `.test_samples`. Each stage's wall time is logged and kept
+in `timings`. The defense trains with the model and applies its test-time part to the tuned
+evaluation; the base evaluation is undefended.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+
+from robustit.attacks.base import Attack, build_attack
+from robustit.attacks.dataset import PoisonedDataset
+from robustit.config import ExperimentConfig
+from robustit.data.fingerprint import samples_fingerprint
+from robustit.data.sample import Sample
+from robustit.data.sources import load_split
+from robustit.defenses.base import Defense, build_defense
+from robustit.eval.evaluate import evaluate
+from robustit.models.base import VisionLanguageModel
+from robustit.models.features import FeatureCache
+from robustit.models.loading import file_hash, load_model, weights_hash
+from robustit.rundir import RunDirectory
+from robustit.train.base_adapter import ensure_base_adapter
+from robustit.train.loop import TrainResult, train
+
+if TYPE_CHECKING:
+    from robustit.store import ResultStore
+
+log = logging.getLogger("robustit")
+TEST_TIME_SETTINGS = ("eval", "attack", "defense.params", "data.test_size")
+
+
+def subsample(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
+    """A seeded random subset of `size` samples in their original order (all if None)."""
+    if size is None or size >= len(samples):
+        return samples
+    keep = sorted(random.Random(f"subsample:{seed}").sample(range(len(samples)), size))
+    return [samples[i] for i in keep]
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [k for key in sorted(set(before) | set(after))
+                for k in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [prefix[:-1]]
+
+
+class Experiment:
+    """The parts of one experiment, built from `config` on first use.
+
+    `tuned_from` (set by `from_run`) makes `model` the tuned model of that finished run and
+    loads its fitted trigger and defense state, for evaluation without tuning again.
+    """
+
+    def __init__(self, config: ExperimentConfig, progress: bool = True, tuned_from: RunDirectory | None = None) -> None:
+        self.config = config
+        self.progress = progress
+        self.tuned_from = tuned_from
+        self.timings: dict[str, float] = {}
+        self.base_dir: Path | None = None
+        self._poisoned: Sequence[Sample] | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: RunDirectory, overrides: Sequence[str] = (), progress: bool = True) -> Experiment:
+        """The experiment of a finished run, its tuned model in place, with test-time
+        `overrides` (only `TEST_TIME_SETTINGS` may change) applied to its saved config."""
+        config = run_dir.load_config(overrides)
+        changed = changed_keys(run_dir.load_config().to_dict(), config.to_dict())
+        outside = [key for key in changed if not key.startswith(TEST_TIME_SETTINGS)]
+        if outside:
+            raise ValueError(f"re-evaluation changes only test-time settings {list(TEST_TIME_SETTINGS)}; got {outside}")
+        return cls(config, progress, tuned_from=run_dir)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage into `timings` and log it."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            log.info("%s: %.1f s", name, self.timings[name])
+
+    def _split(self, split: str, size: int | None) -> list[Sample]:
+        data = self.config.data
+        return subsample(load_split(data.source, split, data.options), size, data.seed)
+
+    @cached_property
+    def train_samples(self) -> list[Sample]:
+        with self.stage("data"):
+            return self._split(self.config.data.train_split, self.config.data.train_size)
+
+    @cached_property
+    def test_samples(self) -> list[Sample]:
+        """The test split capped at `data.test_size` samples (the one cap on the test set)."""
+        with self.stage("data"):
+            return self._split(self.config.data.test_split, self.config.data.test_size)
+
+    @cached_property
+    def model(self) -> VisionLanguageModel:
+        """The starting model: the family's released weights with the base adapter of
+        `model.base` in place ("pretrain": the cached clean pretraining stage, run on first
+        use), or the tuned model of `tuned_from`."""
+        base, data = self.config.model.base, self.config.data
+        with self.stage("base model"):
+            model = load_model(self.config.model.family, self.config.model.spec)
+            if base == "pretrain":
+                base = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, self.config.pretrain,
+                                           self.progress)
+            if base is not None:
+                self.base_dir = Path(base)
+                model.load_trainable(self.base_dir, strict=False)
+        if self.tuned_from is not None:
+            self.tuned_from.load_checkpoint(model, self.defense)
+        return model
+
+    @cached_property
+    def attack(self) -> Attack | None:
+        if self.config.attack is None:
+            return None
+        attack = build_attack(self.config.attack)
+        if self.tuned_from is not None:
+            attack.load_trigger_files(self.tuned_from.trigger_dir)
+        return attack
+
+    @cached_property
+    def defense(self) -> Defense | None:
+        return build_defense(self.config.defense) if self.config.defense is not None else None
+
+    @cached_property
+    def features(self) -> FeatureCache:
+        return FeatureCache(self.model)
+
+    def poison(self) -> Sequence[Sample]:
+        """The training set as tuning sees it: poisoned by the attack (its trigger fitted on
+        the starting model first where it needs that), or clean without one."""
+        if self._poisoned is None:
+            train_samples, model = self.train_samples, self.model
+            with self.stage("poison"):
+                if self.attack is None:
+                    self._poisoned = train_samples
+                else:
+                    self.attack.prepare(model, train_samples)
+                    self._poisoned = PoisonedDataset(train_samples, self.attack)
+        return self._poisoned
+
+    def tune(self, run_dir: RunDirectory | None = None) -> TrainResult:
+        """Tune the model in place on the poisoned set under the defense; checkpoints and
+        the parameter audit go to `run_dir` when given (benchmarks that time tuning pass none)."""
+        dataset = self.poison()
+        torch.manual_seed(self.config.train.seed)
+        with self.stage("tuning"):
+            return train(self.model, dataset, self.config.train, run_dir, self.features, self.progress, self.defense)
+
+    def evaluate(self, defended: bool = True) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+        """(metrics, predictions by condition) of the model as it is now on the test set,
+        under the attack's triggers; `defended=False` leaves the defense's test-time part out
+        and measures clean quality only (the base model before tuning)."""
+        test, model = self.test_samples, self.model
+        with self.stage("evaluation" if defended else "base evaluation"):
+            return evaluate(model, test, self.attack if defended else None, self.config.eval, self.features,
+                            self.progress, self.defense if defended else None)
+
+    def inputs(self) -> dict[str, str | None]:
+        """Hashes that identify what the run starts from: the starting model's weights, the
+        base adapter file, the training and test data."""
+        model = self.model
+        return {
+            "model_weights": weights_hash(model),
+            "base_adapter": file_hash(self.base_dir / "trainable.safetensors") if self.base_dir is not None else None,
+            "train_data": samples_fingerprint(self.train_samples),
+            "test_data": samples_fingerprint(self.test_samples),
+        }
+
+    def run(self, store: ResultStore | None = None) -> RunDirectory:
+        """The whole experiment into its run directory (`config.run_dir()`), recorded in
+        `store` when given; returns the run directory."""
+        config = self.config
+        torch.manual_seed(config.train.seed)
+        run_dir = RunDirectory(config.run_dir())
+        run_dir.save_config(config)
+        inputs = self.inputs()
+        run_dir.save_inputs(inputs)
+        self.poison()
+        if self.attack is not None:
+            self.attack.save_trigger_files(run_dir.trigger_dir)
+            run_dir.save_manifest(self._poisoned.manifest())
+        metrics: dict[str, Any] = {
+            "name": config.name,
+            "defense": self.defense.describe() if self.defense is not None else None,
+            "n_train": len(self._poisoned),
+            "n_test": len(self.test_samples),
+        }
+        records: dict[str, list[dict[str, Any]]] = {}
+        if config.evaluate_base:
+            metrics["base"], base_records = self.evaluate(defended=False)
+            records["base_clean"] = base_records["clean"]
+        result = self.tune(run_dir)
+        metrics["train"] = result.summary()
+        tuned_metrics, tuned_records = self.evaluate()
+        metrics.update(tuned_metrics)
+        records.update(tuned_records)
+        metrics["timings"] = dict(self.timings)
+        run_dir.save_losses(result.losses, result.loss_terms)
+        run_dir.save_predictions(records)
+        run_dir.save_metrics(metrics)
+        run_dir.write_report()
+        if store is not None:
+            from robustit.store import make_record
+
+            store.put(make_record(config, metrics, inputs))
+        return run_dir
+
+    def reevaluate(self, out: RunDirectory) -> RunDirectory:
+        """Evaluate the tuned model of `tuned_from` again (test-time settings changed) into `out`."""
+        if self.tuned_from is None:
+            raise ValueError("reevaluate needs an experiment made by Experiment.from_run")
+        metrics, records = self.evaluate()
+        changed = changed_keys(self.tuned_from.load_config().to_dict(), self.config.to_dict())
+        out.save_config(self.config)
+        out.save_predictions(records)
+        out.save_metrics({"name": self.config.name, "reevaluated": str(self.tuned_from.path), "changed": changed,
+                          "defense": self.defense.describe() if self.defense is not None else None,
+                          "n_test": len(self.test_samples), **metrics})
+        out.write_report()
+        return out

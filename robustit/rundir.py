@@ -1,0 +1,179 @@
+"""A run directory: the one owner of every path a run writes, with a typed save/load each.
+
+    config.yaml                      the experiment config (`ExperimentConfig.to_dict`)
+    manifest.json                    the attack's record: poisoned ids, trigger hash
+    inputs.json                      hashes that identify the run's inputs (LM, base adapter, data)
+    trigger/                         fitted trigger files (VLTrojan's patch)
+    checkpoint/                      trainable.safetensors, model_spec.json, defense.safetensors
+    checkpoint-<step>/               intermediate checkpoints (train.checkpoint_every)
+    audit.json                       which modules train; frozen tensors that got a gradient
+    losses.json, loss_terms.json     LM loss and each defense term per step
+    predictions/<condition>.jsonl    one record per test sample (base_clean, clean, full, ...)
+    metrics.json                     written last: its presence marks the run complete
+    report.md                        rendered from the files above
+    reevaluated/<slug>/              re-evaluations, each a run directory of its own
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+killed run never leaves a truncated file behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from robustit.config import ExperimentConfig
+    from robustit.defenses.base import Defense
+    from robustit.models.base import VisionLanguageModel
+
+CONDITIONS = ("base_clean", "clean", "full", "image_only", "text_only")
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
+class RunDirectory:
+    """The files of one run under `path` (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def is_complete(self) -> bool:
+        """Whether the run finished (metrics.json is written last)."""
+        return (self.path / "metrics.json").is_file()
+
+    def _read_json(self, name: str) -> Any:
+        path = self.path / name
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path} holds no {name}: is it a finished robustit run?") from None
+
+    def save_config(self, config: ExperimentConfig) -> Path:
+        return write_atomic(self.path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    def load_config(self, overrides: Iterable[str] = ()) -> ExperimentConfig:
+        """The saved config read over today's defaults, `overrides` applied."""
+        from robustit.config import load_config
+
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path} holds no config.yaml: is it a robustit run directory?")
+        return load_config(path, list(overrides))
+
+    def save_manifest(self, manifest: dict[str, Any]) -> Path:
+        return write_atomic(self.path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+    def load_manifest(self) -> dict[str, Any] | None:
+        path = self.path / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_inputs(self, inputs: dict[str, str]) -> Path:
+        return write_atomic(self.path / "inputs.json", _json(inputs))
+
+    def load_inputs(self) -> dict[str, str]:
+        path = self.path / "inputs.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def trigger_dir(self) -> Path:
+        return self.path / "trigger"
+
+    def checkpoint_dir(self, step: int | None = None) -> Path:
+        """checkpoint/ (the final weights) or checkpoint-<step>/."""
+        return self.path / ("checkpoint" if step is None else f"checkpoint-{step}")
+
+    def save_checkpoint(self, model: VisionLanguageModel, defense: Defense | None, step: int | None = None) -> Path:
+        """The trainable weights and, where the defense keeps any, its state."""
+        directory = self.checkpoint_dir(step)
+        model.save_trainable(directory)
+        state = defense.state_dict() if defense is not None else {}
+        if state:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "defense.safetensors"))
+        return directory
+
+    def load_checkpoint(self, model: VisionLanguageModel, defense: Defense | None = None) -> None:
+        """The final trainable weights into `model` and the defense state into `defense`."""
+        directory = self.checkpoint_dir()
+        if not (directory / "trainable.safetensors").is_file():
+            raise FileNotFoundError(f"{self.path} holds no checkpoint/trainable.safetensors")
+        model.load_trainable(directory, strict=False)
+        state = directory / "defense.safetensors"
+        if defense is not None and state.is_file():
+            defense.load_state_dict(load_file(str(state)))
+
+    def save_audit(self, audit: dict[str, Any]) -> Path:
+        return write_atomic(self.path / "audit.json", _json(audit))
+
+    def load_audit(self) -> dict[str, Any] | None:
+        path = self.path / "audit.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_losses(self, losses: list[float], loss_terms: dict[str, list[float]]) -> None:
+        write_atomic(self.path / "losses.json", json.dumps(losses) + "\n")
+        if loss_terms:
+            write_atomic(self.path / "loss_terms.json", json.dumps(loss_terms) + "\n")
+
+    def load_losses(self) -> tuple[list[float], dict[str, list[float]]]:
+        terms = self.path / "loss_terms.json"
+        return self._read_json("losses.json"), (json.loads(terms.read_text()) if terms.is_file() else {})
+
+    def save_predictions(self, records: dict[str, list[dict[str, Any]]]) -> None:
+        """predictions/<condition>.jsonl, one record per line."""
+        for condition, rows in records.items():
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            write_atomic(self.path / "predictions" / f"{condition}.jsonl", text)
+
+    def load_predictions(self, condition: str, n: int | None = None) -> list[dict[str, Any]]:
+        """The first `n` (all if None) prediction records of `condition` ([] if the run has none)."""
+        path = self.path / "predictions" / f"{condition}.jsonl"
+        if not path.is_file():
+            return []
+        with path.open() as handle:
+            return [json.loads(line) for i, line in enumerate(handle) if n is None or i < n]
+
+    def save_metrics(self, metrics: dict[str, Any]) -> Path:
+        return write_atomic(self.path / "metrics.json", _json(metrics))
+
+    def load_metrics(self) -> dict[str, Any]:
+        return self._read_json("metrics.json")
+
+    def write_report(self) -> Path:
+        from robustit.report import render_report
+
+        return write_atomic(self.path / "report.md", render_report(self))
+
+    def reevaluation(self, slug: str) -> RunDirectory:
+        """The run directory of a re-evaluation of this run named `slug`."""
+        return RunDirectory(self.path / "reevaluated" / slug)
