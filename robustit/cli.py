@@ -18,27 +18,27 @@
     robustit activations --run LABEL=RUN_DIR ... --trigger-from RUN_DIR --out PNG
                                                              per-channel adapter activation figure
 
-Every command that finishes a run records it in the result store (--store, default results/).
+Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
+(--store, default results/); `evaluate` and `bench overhead` write no record.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from robustit.config import load_config, packaged_config
 from robustit.report import markdown_table, summary_row
 from robustit.rundir import RunDirectory
+from robustit.store import DEFAULT_STORE, ResultStore
 
-if TYPE_CHECKING:
-    from robustit.store import ResultStore
 
 DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("RobustIT", "robustit"))
 
@@ -66,8 +66,6 @@ def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
 
 
 def _store(args: argparse.Namespace) -> ResultStore:
-    from robustit.store import ResultStore
-
     return ResultStore(args.store)
 
 
@@ -99,6 +97,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     store = _store(args)
+    if args.sources and args.suite != "merge":
+        raise ValueError(f"bench {args.suite} takes no positional arguments, got {[str(s) for s in args.sources]}")
     if args.suite in ("grid", "table"):
         from robustit.bench.grid import load_grid, parse_shard, run_grid
         from robustit.bench.tables import render_grid_table
@@ -106,11 +106,13 @@ def _bench(args: argparse.Namespace) -> int:
         if args.config is None:
             raise ValueError(f"bench {args.suite} needs --config GRID.yaml")
         spec = load_grid(args.config)
+        spec = dataclasses.replace(spec, overrides=(*spec.overrides, *args.overrides))
         if args.suite == "grid":
             run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run)
             return 0
         out = args.out or Path(f"runs/bench-{spec.name}/table.md")
-        command = f"robustit bench table --config {args.config} --store {store.root} --out {out}"
+        command = " ".join(["robustit bench table --config", str(args.config), *(f"--set {o}" for o in args.overrides),
+                            "--store", str(store.root), "--out", str(out)])
         render_grid_table(spec, store, out, command)
     elif args.suite == "merge":
         if not args.sources:
@@ -151,12 +153,12 @@ def _reevaluate(args: argparse.Namespace) -> int:
 
 
 def _base_adapter(args: argparse.Namespace) -> int:
-    from robustit.models.loading import load_model
+    from robustit.models.registry import build_model
     from robustit.train.base_adapter import ensure_base_adapter, ship_base_adapter
 
     config = load_config(args.config, args.overrides) if args.config else packaged_config([], args.overrides)
     data = config.data
-    model = load_model(config.model.family, config.model.spec)
+    model = build_model(config.model.family, **config.model.spec)
     directory = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, config.pretrain, rebuild=args.rebuild)
     if args.ship:
         directory = ship_base_adapter(directory)
@@ -223,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
-        p.add_argument("--store", type=Path, default=Path("results"),
-                       help="the result store every finished run is recorded in (default results/)")
+    for p in (run, demo, bench):
+        p.add_argument("--store", type=Path, default=Path(DEFAULT_STORE),
+                       help=f"the result store every finished run is recorded in (default {DEFAULT_STORE}/)")
     again = sub.add_parser("evaluate", help="evaluate a finished run again with changed test-time settings")
     again.add_argument("run_dir", type=Path)
     again.add_argument("--out", type=Path, help="where to write (default RUN_DIR/reevaluated/<settings>)")

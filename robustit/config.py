@@ -48,7 +48,9 @@ class DataConfig:
     pretrain_split: str = "pretrain"
 
 
-RUN_LABEL_FIELDS = ("name", "output_dir")
+# Fields that name or place a run, or add the base model's evaluation beside it, without
+# changing what the tuned model does: left out of `config_hash`.
+RESULT_NEUTRAL_FIELDS = ("name", "output_dir", "evaluate_base")
 
 
 @dataclass
@@ -93,9 +95,9 @@ class ExperimentConfig:
         return out
 
     def config_hash(self) -> str:
-        """sha256 of the resolved config without the fields that only name or place a run
-        (`RUN_LABEL_FIELDS`): two configs with the same hash produce the same results."""
-        outcome = {k: v for k, v in self.resolved().items() if k not in RUN_LABEL_FIELDS}
+        """sha256 of the resolved config without `RESULT_NEUTRAL_FIELDS`: two configs with the
+        same hash tune the same model and evaluate it the same way."""
+        outcome = {k: v for k, v in self.resolved().items() if k not in RESULT_NEUTRAL_FIELDS}
         return hashlib.sha256(json.dumps(outcome, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -32,7 +32,8 @@ from robustit.defenses.base import Defense, build_defense
 from robustit.eval.evaluate import evaluate
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
-from robustit.models.loading import file_hash, load_model, weights_hash
+from robustit.models.hashes import file_hash, weights_hash
+from robustit.models.registry import build_model
 from robustit.rundir import RunDirectory
 from robustit.train.base_adapter import ensure_base_adapter
 from robustit.train.loop import TrainResult, train
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from robustit.store import ResultStore
 
 log = logging.getLogger("robustit")
-TEST_TIME_SETTINGS = ("eval", "attack", "defense.params", "data.test_size")
+TEST_TIME_SETTINGS = ("eval", "attack.text_trigger", "attack.target", "attack.params", "defense.params", "data.test_size")
 
 
 def subsample(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
@@ -73,7 +74,7 @@ class Experiment:
         self.tuned_from = tuned_from
         self.timings: dict[str, float] = {}
         self.base_dir: Path | None = None
-        self._poisoned: Sequence[Sample] | None = None
+        self._poisoned: list[Sample] | PoisonedDataset | None = None
 
     @classmethod
     def from_run(cls, run_dir: RunDirectory, overrides: Sequence[str] = (), progress: bool = True) -> Experiment:
@@ -81,7 +82,7 @@ class Experiment:
         `overrides` (only `TEST_TIME_SETTINGS` may change) applied to its saved config."""
         config = run_dir.load_config(overrides)
         changed = changed_keys(run_dir.load_config().to_dict(), config.to_dict())
-        outside = [key for key in changed if not key.startswith(TEST_TIME_SETTINGS)]
+        outside = [key for key in changed if not any(key == p or key.startswith(f"{p}.") for p in TEST_TIME_SETTINGS)]
         if outside:
             raise ValueError(f"re-evaluation changes only test-time settings {list(TEST_TIME_SETTINGS)}; got {outside}")
         return cls(config, progress, tuned_from=run_dir)
@@ -118,8 +119,10 @@ class Experiment:
         use), or the tuned model of `tuned_from`."""
         base, data = self.config.model.base, self.config.data
         with self.stage("base model"):
-            model = load_model(self.config.model.family, self.config.model.spec)
-            if base == "pretrain":
+            model = build_model(self.config.model.family, **self.config.model.spec)
+            if self.tuned_from is not None:
+                base = None
+            elif base == "pretrain":
                 base = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, self.config.pretrain,
                                            self.progress)
             if base is not None:
@@ -146,7 +149,7 @@ class Experiment:
     def features(self) -> FeatureCache:
         return FeatureCache(self.model)
 
-    def poison(self) -> Sequence[Sample]:
+    def poison(self) -> list[Sample] | PoisonedDataset:
         """The training set as tuning sees it: poisoned by the attack (its trigger fitted on
         the starting model first where it needs that), or clean without one."""
         if self._poisoned is None:
@@ -193,17 +196,18 @@ class Experiment:
         config = self.config
         torch.manual_seed(config.train.seed)
         run_dir = RunDirectory(config.run_dir())
+        run_dir.clear()
         run_dir.save_config(config)
         inputs = self.inputs()
         run_dir.save_inputs(inputs)
-        self.poison()
-        if self.attack is not None:
+        poisoned = self.poison()
+        if isinstance(poisoned, PoisonedDataset):
             self.attack.save_trigger_files(run_dir.trigger_dir)
-            run_dir.save_manifest(self._poisoned.manifest())
+            run_dir.save_manifest(poisoned.manifest())
         metrics: dict[str, Any] = {
             "name": config.name,
             "defense": self.defense.describe() if self.defense is not None else None,
-            "n_train": len(self._poisoned),
+            "n_train": len(poisoned),
             "n_test": len(self.test_samples),
         }
         records: dict[str, list[dict[str, Any]]] = {}
@@ -228,13 +232,21 @@ class Experiment:
 
     def reevaluate(self, out: RunDirectory) -> RunDirectory:
         """Evaluate the tuned model of `tuned_from` again (test-time settings changed) into `out`."""
-        if self.tuned_from is None:
+        source = self.tuned_from
+        if source is None:
             raise ValueError("reevaluate needs an experiment made by Experiment.from_run")
+        if out.path.resolve() == source.path.resolve():
+            raise ValueError(f"re-evaluation would overwrite the run it evaluates ({source.path}); name another folder")
         metrics, records = self.evaluate()
-        changed = changed_keys(self.tuned_from.load_config().to_dict(), self.config.to_dict())
+        out.clear()
+        manifest = source.load_manifest()
+        if manifest is not None:
+            out.save_manifest(manifest)
+        out.save_inputs(source.load_inputs())
+        changed = changed_keys(source.load_config().to_dict(), self.config.to_dict())
         out.save_config(self.config)
         out.save_predictions(records)
-        out.save_metrics({"name": self.config.name, "reevaluated": str(self.tuned_from.path), "changed": changed,
+        out.save_metrics({"name": self.config.name, "reevaluated": str(source.path), "changed": changed,
                           "defense": self.defense.describe() if self.defense is not None else None,
                           "n_test": len(self.test_samples), **metrics})
         out.write_report()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -69,6 +70,19 @@ class RunDirectory:
     def __str__(self) -> str:
         return str(self.path)
 
+    def clear(self) -> None:
+        """Remove what an earlier run left here (everything but re-evaluations), so that a
+        rerun never mixes with it and is not complete before its metrics are written."""
+        if not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            if entry.name == "reevaluated":
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
     def is_complete(self) -> bool:
         """Whether the run finished (metrics.json is written last)."""
         return (self.path / "metrics.json").is_file()
@@ -99,10 +113,10 @@ class RunDirectory:
         path = self.path / "manifest.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_inputs(self, inputs: dict[str, str]) -> Path:
+    def save_inputs(self, inputs: dict[str, str | None]) -> Path:
         return write_atomic(self.path / "inputs.json", _json(inputs))
 
-    def load_inputs(self) -> dict[str, str]:
+    def load_inputs(self) -> dict[str, str | None]:
         path = self.path / "inputs.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 

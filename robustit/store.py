@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
+DEFAULT_STORE = "results"
 
 RECORD_KEYS = ("config_hash", "config", "name", "metrics", "inputs", "machine", "robustit_version", "finished")
 HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -104,7 +105,7 @@ def dotted(record: dict[str, Any], key: str) -> Any:
 class ResultStore:
     """The records under `root` (see the module docstring for the layout)."""
 
-    def __init__(self, root: str | Path = "results") -> None:
+    def __init__(self, root: str | Path = DEFAULT_STORE) -> None:
         self.root = Path(root)
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from robustit.rundir import RunDirectory
 from robustit.attacks import ATTACKS, Attack, AttackConfig, PoisonedDataset, TriggeredView, build_attack
 from robustit.data.sample import Sample
 
@@ -123,10 +124,10 @@ def test_manifest_contents_and_reproducible(tmp_path):
     assert manifest["n_poisoned"] == 4 and manifest["n_samples"] == 40
     assert manifest["poisoned_ids"] == [samples[i].id for i in first.poisoned_indices]
     assert len(manifest["trigger_hash"]) == 64
-    path_a = first.write_manifest(tmp_path / "a" / "manifest.json")
-    path_b = second.write_manifest(tmp_path / "b.json")
+    path_a = RunDirectory(tmp_path / "a").save_manifest(first.manifest())
+    path_b = RunDirectory(tmp_path / "b").save_manifest(second.manifest())
     assert path_a.read_bytes() == path_b.read_bytes()
-    assert json.loads(path_a.read_text()) == manifest
+    assert json.loads(path_a.read_text()) == manifest == RunDirectory(tmp_path / "a").load_manifest()
 
 
 def test_trigger_hash_tracks_trigger_not_selection():

@@ -18,8 +18,8 @@ def test_defaults_file_then_overrides(tmp_path):
 def test_no_attack_and_run_dir_template():
     config = load_config(None, ["attack=null", "name=x"])
     assert config.attack is None
-    assert str(config.run_dir()) == "runs/x/clean-p0-seed0"
-    assert str(load_config(None, ["name=y"]).run_dir()) == "runs/y/badnets-p0.1-seed0"
+    assert str(config.run_dir()) == "runs/x/vanilla/clean-p0-seed0"
+    assert str(load_config(None, ["name=y"]).run_dir()) == "runs/y/vanilla/badnets-p0.1-seed0"
 
 
 def test_unknown_keys_are_named():
@@ -47,3 +47,17 @@ def test_numbers_in_exponent_notation_are_read_as_floats():
     assert config.train.lr_adapter == 0.001 and config.train.epochs == 2.0
     with pytest.raises(ValueError, match="train.lr_adapter"):
         load_config(None, ["train.lr_adapter=fast"])
+
+
+def test_config_hash_ignores_labels_and_follows_every_setting_and_declared_default(monkeypatch):
+    from robustit.defenses.aar import AAR
+
+    base = load_config(None, ["defense.name=aar"])
+    same = load_config(None, ["defense.name=aar", "name=other", "output_dir=elsewhere/{name}", "evaluate_base=false"])
+    assert same.config_hash() == base.config_hash()
+    assert load_config(None, ["defense.name=aar", "defense.params.gamma=0.5"]).config_hash() == base.config_hash()
+    assert load_config(None, ["defense.name=aar", "train.max_steps=7"]).config_hash() != base.config_hash()
+    assert load_config(None, ["defense.name=aar", "defense.params.beta=1"]).config_hash() != base.config_hash()
+    before = base.config_hash()
+    monkeypatch.setattr(AAR, "defaults", {**AAR.defaults, "gamma": 0.3})
+    assert base.config_hash() != before and base.resolved()["defense"]["params"]["gamma"] == 0.3

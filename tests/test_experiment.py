@@ -173,3 +173,13 @@ def test_fitted_trigger_files_load_back(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="no fitted VLTrojan patch"):
         again.load_trigger_files(tmp_path / "empty")
     build_attack(AttackConfig("badnets")).load_trigger_files(tmp_path / "empty")
+
+
+def test_a_clean_run_without_an_attack_is_recorded_with_quality_only(karpathy, tmp_path):
+    config = load_config(None, tiny_overrides(karpathy, tmp_path) + ["attack=null", "evaluate_base=false"])
+    store = ResultStore(tmp_path / "store")
+    run_dir = run_experiment(config, store)
+    metrics = run_dir.load_metrics()
+    assert "asr" not in metrics and "CIDEr" in metrics["caption"] and run_dir.load_manifest() is None
+    assert store.get(config.config_hash())["config"]["attack"] is None
+    assert "## Attack" not in (run_dir / "report.md").read_text()

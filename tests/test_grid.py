@@ -117,7 +117,7 @@ def test_shards_partition_the_grid_and_their_merged_stores_equal_the_unsharded_o
     seen = []
     for i in range(3):
         part = ResultStore(tmp_path / f"shard{i}")
-        runs = run_grid(spec, part, shard=(i, 3), runner=fake_runner([]))
+        runs = run_grid(spec, part, shard_of=(i, 3), runner=fake_runner([]))
         seen += [r.config_hash for r in runs]
         assert {r["config_hash"] for r in part.records()} == {r.config_hash for r in runs}
         added, same, conflicting = merged.merge(part.root)
@@ -157,7 +157,7 @@ def test_a_dry_run_lists_the_shard_and_estimates_from_stored_timings(tmp_path, c
     stored = next(r for r in runs if r.stored)
     assert any(line.split() == [stored.attack, stored.defense, "rate", "0.1", "seed", str(stored.seed), stored.config_hash[:16], "stored"]
                for line in lines)
-    half = run_grid(spec, store, shard=(1, 2), dry_run=True)
+    half = run_grid(spec, store, shard_of=(1, 2), dry_run=True)
     assert len(half) == 6 and "shard 1/2: 6 runs" in capsys.readouterr().out
 
 
@@ -268,3 +268,10 @@ def test_grid_runs_the_real_experiment_on_the_tiny_model_into_the_store(karpathy
     assert all(r.stored for r in run_grid(load_grid(grid), store, runner=lambda config, store: pytest.fail("reran")))
     table = grid_table(load_grid(grid), store)
     assert "| badnets | vanilla | 0.25 | 0 |" in table and "| badnets | robustit | 0.25 | 0 |" in table
+
+
+def test_grid_runs_that_would_share_a_run_directory_are_refused(tmp_path):
+    grid = {"name": "g", "blocks": [{"attacks": ["sig"], "defenses": ["vanilla"], "overrides": ["train.max_steps=2"]},
+                                    {"attacks": ["sig"], "defenses": ["vanilla"], "overrides": ["train.max_steps=3"]}]}
+    with pytest.raises(ValueError, match="share the run directory"):
+        grid_runs(load_grid(write_grid(tmp_path, grid)))

@@ -6,9 +6,7 @@ sample. Both share one lazy mechanism.
 """
 from __future__ import annotations
 
-import json
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch.utils.data import Dataset
@@ -63,13 +61,6 @@ class PoisonedDataset(_LazyAttackedView):
 
     def manifest(self) -> dict[str, Any]:
         return {**self.attack.manifest(self.poisoned_ids), "n_samples": len(self)}
-
-    def write_manifest(self, path: str | Path) -> Path:
-        """Write the manifest as JSON with sorted keys; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-        return path
 
 
 class TriggeredView(_LazyAttackedView):

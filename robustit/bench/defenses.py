@@ -38,8 +38,12 @@ def run_defense_benchmark(variants: Sequence[str], attack: str, overrides: Seque
     """Run each variant against `attack` (skipping runs the store holds); write the table, in
     the order of `variants`, to `out`. Overhead is relative to the "vanilla" variant when listed."""
     spec = defense_grid(variants, attack, overrides)
+    runs = grid_runs(spec)
+    same = sorted(set(variants) - {run.defense for run in runs})
+    if same:
+        raise ValueError(f"defense variant(s) {same} are the same run as another listed variant (a setting at its default)")
     run_grid(spec, store)
-    records = {run.defense: store.get(run.config_hash)["metrics"] for run in grid_runs(spec)}
+    records = {run.defense: store.get(run.config_hash)["metrics"] for run in runs}
     vanilla = records["vanilla"]["train"]["seconds"] if "vanilla" in records else None
     rows = []
     for variant in variants:

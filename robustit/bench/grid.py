@@ -80,8 +80,8 @@ class GridSpec:
 
 @dataclass(frozen=True)
 class GridRun:
-    """One run of a grid: its config and hash, the labels it was listed under, its position
-    in the grid file's order (`order`) and whether the store held it when planned."""
+    """One run of a grid: its config and hash, the labels it was listed under and whether the
+    store held it when planned."""
 
     config: ExperimentConfig = field(repr=False)
     config_hash: str
@@ -89,7 +89,6 @@ class GridRun:
     defense: str
     poison_rate: float | None
     seed: int
-    order: int
     stored: bool = False
 
     @property
@@ -196,7 +195,13 @@ def grid_runs(spec: GridSpec) -> list[GridRun]:
                             raise ValueError(f"{where}blocks[{b}] (attack {attack!r}, defense {defense!r}): {error}") from error
                         if key not in runs:
                             runs[key] = GridRun(config, key, attack, defense, config.attack.poison_rate if config.attack else None,
-                                                config.train.seed, len(runs))
+                                                config.train.seed)
+    places: dict[Path, GridRun] = {}
+    for run in runs.values():
+        other = places.setdefault(run.config.run_dir(), run)
+        if other is not run:
+            raise ValueError(f"{where}runs {other.label} and {run.label} differ but share the run directory "
+                             f"{run.config.run_dir()}: give their blocks different grid files or names")
     return list(runs.values())
 
 
@@ -286,33 +291,25 @@ def default_runner(progress: bool = True) -> Runner:
 def run_grid(
     spec: GridSpec,
     store: ResultStore,
-    shard: tuple[int, int] = (0, 1),
+    shard_of: tuple[int, int] = (0, 1),
     dry_run: bool = False,
     runner: Runner | None = None,
     progress: bool = True,
 ) -> list[GridRun]:
-    """Run the runs of shard `shard` = (i, n) of the grid that the store lacks, each with
+    """Run the runs of shard `shard_of` = (i, n) of the grid that the store lacks, each with
     `runner(config, store)` (default: `Experiment(config, progress).run(store=store)`, which
     stores the run's record); with `dry_run`, print the plan and run nothing. Returns the
     shard's runs as planned (`stored`: in the store before this call)."""
-    runs = plan(spec, store, shard)
+    runs = plan(spec, store, shard_of)
     if dry_run:
-        print(describe_plan(runs, store, shard), flush=True)
+        print(describe_plan(runs, store, shard_of), flush=True)
         return runs
     runner = runner or default_runner(progress)
     todo = [run for run in runs if not run.stored]
-    log.info("grid %s, shard %d/%d: %d runs, %d stored, %d to run", spec.name, *shard, len(runs), len(runs) - len(todo), len(todo))
+    log.info("grid %s, shard %d/%d: %d runs, %d stored, %d to run", spec.name, *shard_of, len(runs), len(runs) - len(todo), len(todo))
     for k, run in enumerate(todo, 1):
         log.info("grid: run %d/%d: %s", k, len(todo), run.label)
         runner(run.config, store)
         if run.config_hash not in store:
             raise RuntimeError(f"grid run {run.label} finished without storing its record in {store.root}")
     return runs
-
-
-def grid_command(config: str | Path, shard_text: str | None = None, dry_run: bool = False,
-                 store: str | Path = "results", progress: bool = True) -> int:
-    """What `robustit bench grid --config GRID.yaml [--shard i/n] [--dry-run]` does."""
-    run_grid(load_grid(config), ResultStore(store), parse_shard(shard_text) if shard_text else (0, 1), dry_run,
-             progress=progress)
-    return 0

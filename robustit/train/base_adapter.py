@@ -24,8 +24,8 @@ from typing import Any
 from robustit.data.sources import load_split
 from robustit.models.base import VisionLanguageModel
 from robustit.models.cache import cache_dir
-from robustit.models.loading import file_hash
-from robustit.rundir import RunDirectory
+from robustit.models.hashes import file_hash
+from robustit.rundir import RunDirectory, write_atomic
 from robustit.train.config import TrainConfig
 from robustit.train.loop import train
 
@@ -81,7 +81,7 @@ def ensure_base_adapter(
     checkpoint = partial / "checkpoint"
     record = {"samples": len(samples), "final_loss": result.losses[-1], "seconds": result.seconds,
               "sha256": file_hash(checkpoint / "trainable.safetensors"), "rebuild": REBUILD_COMMAND}
-    (checkpoint / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(checkpoint / "pretrain.json", json.dumps(record, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     checkpoint.rename(target)
     shutil.rmtree(partial, ignore_errors=True)
@@ -97,5 +97,5 @@ def ship_base_adapter(directory: Path) -> Path:
     record_path = target / "pretrain.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     record.update(sha256=file_hash(target / "trainable.safetensors"), rebuild=REBUILD_COMMAND)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(record_path, json.dumps(record, indent=2) + "\n")
     return target

@@ -1,23 +1,12 @@
-"""Building a registered model family from its config section and putting weights in."""
+"""Hashes that identify a model's weights and checkpoint files."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from robustit.models.base import VisionLanguageModel
-from robustit.models.registry import build_model
-
-
-def load_model(family: str, spec: dict[str, Any], base: str | Path | None = None) -> VisionLanguageModel:
-    """The `family` model built from `spec`, with the trainable weights of the checkpoint
-    directory `base` (e.g. a base adapter) copied in where given."""
-    model = build_model(family, **spec)
-    if base is not None:
-        model.load_trainable(base, strict=False)
-    return model
 
 
 def weights_hash(model: VisionLanguageModel) -> str:
