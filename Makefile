@@ -31,7 +31,8 @@ test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(VENV)/bin/robustit bench attacks --threads $(THREADS) --out docs/attacks-table.md
+	$(VENV)/bin/robustit bench grid --threads $(THREADS) --config robustit/configs/grids/attacks.yaml
+	$(VENV)/bin/robustit bench table --config robustit/configs/grids/attacks.yaml --out docs/attacks-table.md
 
 clean:
 	rm -rf $(VENV) runs

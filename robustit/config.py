@@ -19,7 +19,7 @@ import yaml
 from robustit.attacks.base import AttackConfig
 from robustit.defenses.base import DefenseConfig
 from robustit.eval.evaluate import EvalConfig
-from robustit.train.config import TrainConfig
+from robustit.train.config import PretrainConfig, TrainConfig
 
 
 @dataclass
@@ -60,9 +60,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig | None = field(default_factory=lambda: AttackConfig(name="badnets"))
     defense: DefenseConfig | None = None
-    pretrain: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=2.0, batch_size=32, lr_adapter=2e-3, train_embeddings=False)
-    )
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=0.0, align_epochs=10.0))
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     evaluate_base: bool = True

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from safetensors.torch import load_file
 
 from conftest import vocabulary
 from robustit.cli import main
@@ -12,7 +13,7 @@ from robustit.models import build_model
 from robustit.rundir import RunDirectory
 from robustit.store import ResultStore
 from robustit.train.base_adapter import ensure_base_adapter
-from robustit.train.config import TrainConfig
+from robustit.train.config import PretrainConfig
 
 
 def tiny_overrides(karpathy, tmp_path) -> list[str]:
@@ -96,7 +97,7 @@ def test_subsample_is_seeded_and_keeps_order():
 
 def test_base_adapter_is_pretrained_once_and_cached(karpathy, tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTIT_CACHE", str(tmp_path / "cache"))
-    config = TrainConfig(max_steps=2, batch_size=4, train_embeddings=False)
+    config = PretrainConfig(max_steps=2, batch_size=4, align_epochs=1, align_batch_size=4)
     model = build_model("llava", tiny=True, vocabulary=vocabulary())
     first = ensure_base_adapter(model, "karpathy", karpathy, "val", config, progress=False)
     stamp = (first / "trainable.safetensors").stat().st_mtime_ns
@@ -107,10 +108,30 @@ def test_base_adapter_is_pretrained_once_and_cached(karpathy, tmp_path, monkeypa
     assert all(
         (a == b).all() for a, b in zip(fresh.adapter.state_dict().values(), model.adapter.state_dict().values())
     )
-    other = ensure_base_adapter(model, "karpathy", karpathy, "val", TrainConfig(max_steps=3, batch_size=4, train_embeddings=False), progress=False)
+    record = json.loads((first / "pretrain.json").read_text())
+    assert record["align_steps"] == 1 and record["lm_steps"] == 2 and len(record["sha256"]) == 64
+    assert set(load_file(str(first / "trainable.safetensors"))) == {n for n, _ in model.adapter.named_parameters(prefix="adapter")}
+    other = ensure_base_adapter(model, "karpathy", karpathy, "val", PretrainConfig(max_steps=3, batch_size=4), progress=False)
     assert other != first
     with pytest.raises(ValueError, match="adapter alone"):
-        ensure_base_adapter(model, "karpathy", karpathy, "val", TrainConfig(max_steps=2), progress=False)
+        ensure_base_adapter(model, "karpathy", karpathy, "val", PretrainConfig(max_steps=2, train_embeddings=True), progress=False)
+    with pytest.raises(ValueError, match="align_epochs > 0 or an LM-loss phase"):
+        PretrainConfig(epochs=0)
+
+
+def test_a_shipped_base_adapter_is_used_without_pretraining(karpathy, tmp_path, monkeypatch):
+    import robustit.train.base_adapter as base_adapter
+
+    monkeypatch.setenv("ROBUSTIT_CACHE", str(tmp_path / "cache"))
+    config = PretrainConfig(epochs=0, align_epochs=1, align_batch_size=4)
+    model = build_model("llava", tiny=True, vocabulary=vocabulary())
+    built = ensure_base_adapter(model, "karpathy", karpathy, "val", config, progress=False)
+    monkeypatch.setattr(base_adapter, "SHIPPED", tmp_path / "shipped")
+    shipped = base_adapter.ship_base_adapter(built)
+    record = json.loads((shipped / "pretrain.json").read_text())
+    assert shipped.parent == tmp_path / "shipped" and record["align_steps"] == 1 and "lm_steps" not in record
+    (built / "trainable.safetensors").unlink()
+    assert ensure_base_adapter(model, "karpathy", karpathy, "val", config, progress=False) == shipped
 
 
 def test_fitted_trigger_is_prepared_on_the_model_and_saved(karpathy, tmp_path):

@@ -37,3 +37,21 @@ def test_mini_forward_and_generate(mini):
     assert torch.isfinite(mini(batch, features).loss)
     texts = mini.generate(features, [INSTRUCTION] * 2, max_new_tokens=4)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_the_demo_base_adapter_ships_with_the_package_and_matches_its_record():
+    import json
+
+    from robustit.config import packaged_config
+    from robustit.models.hashes import file_hash
+    from robustit.train.base_adapter import base_adapter_key, shipped_base_adapter
+
+    config = packaged_config([])
+    model = build_model(config.model.family, **config.model.spec)
+    data = config.data
+    name = f"mini-{base_adapter_key(model, data.source, data.options, data.pretrain_split, config.pretrain)}"
+    shipped = shipped_base_adapter(name)
+    assert shipped is not None, f"{name} is not shipped: run `robustit base-adapter --rebuild --ship` and commit it"
+    record = json.loads((shipped / "pretrain.json").read_text())
+    assert record["sha256"] == file_hash(shipped / "trainable.safetensors")
+    model.load_trainable(shipped, strict=False)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,16 @@ from robustit.models.base import VisionLanguageModel
 from robustit.models.cache import cache_dir
 from robustit.models.hashes import file_hash
 from robustit.rundir import RunDirectory, write_atomic
-from robustit.train.config import TrainConfig
-from robustit.train.loop import train
+from robustit.train.align import align_adapter
+from robustit.train.config import PretrainConfig
+from robustit.train.loop import set_trainable, train
 
 log = logging.getLogger(__name__)
 SHIPPED = resources.files("robustit") / "assets" / "base_adapters"
 REBUILD_COMMAND = "robustit base-adapter --rebuild --ship"
 
 
-def base_adapter_key(model: VisionLanguageModel, source: str, options: dict[str, Any], split: str, config: TrainConfig) -> str:
+def base_adapter_key(model: VisionLanguageModel, source: str, options: dict[str, Any], split: str, config: PretrainConfig) -> str:
     recipe = {
         "family": model.family,
         "spec": model.spec,
@@ -57,7 +59,7 @@ def ensure_base_adapter(
     source: str,
     options: dict[str, Any],
     split: str,
-    config: TrainConfig,
+    config: PretrainConfig,
     progress: bool = True,
     rebuild: bool = False,
 ) -> Path:
@@ -77,10 +79,21 @@ def ensure_base_adapter(
     log.info("pretraining the base adapter on %d %s/%s samples (cached in %s)", len(samples), source, split, target)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    result = train(model, samples, config, run_dir=RunDirectory(partial), progress=progress)
-    checkpoint = partial / "checkpoint"
-    record = {"samples": len(samples), "final_loss": result.losses[-1], "seconds": result.seconds,
-              "sha256": file_hash(checkpoint / "trainable.safetensors"), "rebuild": REBUILD_COMMAND}
+    run_dir = RunDirectory(partial)
+    set_trainable(model, embeddings=False)
+    start = time.perf_counter()
+    record: dict[str, Any] = {"samples": len(samples)}
+    if config.align_epochs > 0:
+        align_losses = align_adapter(model, samples, config, progress=progress)
+        record.update(align_steps=len(align_losses), align_final_loss=align_losses[-1])
+    if config.lm_phase:
+        result = train(model, samples, config, run_dir=run_dir, progress=progress)
+        record.update(lm_steps=result.steps, lm_final_loss=result.losses[-1])
+    else:
+        run_dir.save_checkpoint(model, None)
+    checkpoint = run_dir.checkpoint_dir()
+    record.update(seconds=time.perf_counter() - start, sha256=file_hash(checkpoint / "trainable.safetensors"),
+                  rebuild=REBUILD_COMMAND)
     write_atomic(checkpoint / "pretrain.json", json.dumps(record, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     checkpoint.rename(target)
