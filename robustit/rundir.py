@@ -87,8 +87,11 @@ class RunDirectory:
         """Whether the run finished (metrics.json is written last)."""
         return (self.path / "metrics.json").is_file()
 
-    def _read_json(self, name: str) -> Any:
+    def _read_json(self, name: str, *missing: Any) -> Any:
+        """The JSON file `name`; if it is absent, `missing[0]` where given, else an error."""
         path = self.path / name
+        if not path.is_file() and missing:
+            return missing[0]
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
@@ -110,15 +113,13 @@ class RunDirectory:
         return write_atomic(self.path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
     def load_manifest(self) -> dict[str, Any] | None:
-        path = self.path / "manifest.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self._read_json("manifest.json", None)
 
     def save_inputs(self, inputs: dict[str, str | None]) -> Path:
         return write_atomic(self.path / "inputs.json", _json(inputs))
 
     def load_inputs(self) -> dict[str, str | None]:
-        path = self.path / "inputs.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return self._read_json("inputs.json", {})
 
     @property
     def trigger_dir(self) -> Path:
@@ -151,8 +152,7 @@ class RunDirectory:
         return write_atomic(self.path / "audit.json", _json(audit))
 
     def load_audit(self) -> dict[str, Any] | None:
-        path = self.path / "audit.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self._read_json("audit.json", None)
 
     def save_losses(self, losses: list[float], loss_terms: dict[str, list[float]]) -> None:
         write_atomic(self.path / "losses.json", json.dumps(losses) + "\n")
@@ -160,8 +160,7 @@ class RunDirectory:
             write_atomic(self.path / "loss_terms.json", json.dumps(loss_terms) + "\n")
 
     def load_losses(self) -> tuple[list[float], dict[str, list[float]]]:
-        terms = self.path / "loss_terms.json"
-        return self._read_json("losses.json"), (json.loads(terms.read_text()) if terms.is_file() else {})
+        return self._read_json("losses.json"), self._read_json("loss_terms.json", {})
 
     def save_predictions(self, records: dict[str, list[dict[str, Any]]]) -> None:
         """predictions/<condition>.jsonl, one record per line."""
