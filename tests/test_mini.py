@@ -23,6 +23,18 @@ def test_mini_is_smollm2_135m_with_efficientnet_lite0(mini):
     torch.testing.assert_close(mini.lm_head.weight, mini.decoder.get_input_embeddings().weight)
 
 
+def test_mini_image_features_do_not_depend_on_the_batch_and_leave_the_encoder_unchanged(mini):
+    buffers = {n: b.clone() for n, b in mini.vision.named_buffers()}
+    alone = mini.encode_images(mini.pixels([draw("red", "circle")]))
+    batched = mini.encode_images(mini.pixels([draw("red", "circle"), draw("blue", "square"), draw("green", "triangle")]))
+    mini.train()
+    during_training = mini.encode_images(mini.pixels([draw("red", "circle"), draw("blue", "square")]))
+    mini.eval()
+    torch.testing.assert_close(batched[:1], alone, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(during_training[:1], alone, atol=1e-4, rtol=1e-3)
+    assert all(torch.equal(b, buffers[n]) for n, b in mini.vision.named_buffers())
+
+
 def test_mini_language_model_is_pretrained(mini):
     tokens = mini.tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
     with torch.no_grad():

@@ -66,6 +66,7 @@ class VisionLanguageModel(nn.Module):
         self._adapter_hooks: list[AdapterHook] = []
         adapter.get_submodule(adapter.hook_point).register_forward_hook(self._run_adapter_hooks)
         self._untie_and_freeze()
+        self.eval()
 
     def _untie_and_freeze(self) -> None:
         embed = self.decoder.get_input_embeddings()
