@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from robustit.data.sample import Sample
-from robustit.train.align import align_adapter, alignment_targets
+from robustit.train.align import align_adapter, alignment_loss, alignment_targets
 from robustit.train.config import PretrainConfig
 from test_train import shape_samples
 
@@ -17,19 +17,43 @@ def test_alignment_targets_repeat_the_shortest_reference_over_the_visual_tokens(
         alignment_targets(tiny_model, [sample.replace(references=[""])])
 
 
-def test_alignment_makes_the_visual_tokens_read_as_their_caption_words(tiny_model):
+def test_alignment_makes_the_visual_tokens_read_as_their_caption_words_at_their_norm(tiny_model):
     samples = shape_samples()
     targets = alignment_targets(tiny_model, samples)
     words = tiny_model.decoder.get_input_embeddings().weight.detach()
     frozen = {n: p.detach().clone() for n, p in tiny_model.named_parameters() if not n.startswith("adapter.")}
 
-    def accuracy() -> float:
+    def tokens() -> torch.Tensor:
         with torch.no_grad():
-            tokens = tiny_model.adapter(tiny_model.encode_images(tiny_model.pixels([s.image for s in samples])))
-        return float(((tokens @ words.T).argmax(-1) == targets).float().mean())
+            return tiny_model.adapter(tiny_model.encode_images(tiny_model.pixels([s.image for s in samples])))
+
+    def accuracy() -> float:
+        nearest = (torch.nn.functional.normalize(tokens(), dim=-1) @ torch.nn.functional.normalize(words, dim=-1).T).argmax(-1)
+        return float((nearest == targets).float().mean())
 
     before = accuracy()
     losses = align_adapter(tiny_model, samples, PretrainConfig(epochs=0, align_epochs=60, align_batch_size=4, align_lr=1e-2), progress=False)
     assert len(losses) == 120 and sum(losses[-5:]) / 5 < 0.5 * losses[0]
     assert accuracy() > max(before, 0.5)
+    ratio = tokens().norm(dim=-1) / words[targets].norm(dim=-1)
+    assert (ratio - 1).abs().mean() < 0.2
     assert all(torch.equal(p, frozen[n]) for n, p in tiny_model.named_parameters() if n in frozen)
+
+
+def test_alignment_loss_holds_tokens_at_their_words_norm_and_direction():
+    words = torch.eye(3) * torch.tensor([[1.0], [2.0], [3.0]])
+    targets = torch.tensor([[1, 2]])
+    exact = words[targets]
+    on_word = alignment_loss(exact, targets, words, scale=20.0, norm_weight=1.0)
+    too_long = alignment_loss(5 * exact, targets, words, scale=20.0, norm_weight=1.0)
+    wrong_word = alignment_loss(words[torch.tensor([[0, 0]])], targets, words, scale=20.0, norm_weight=1.0)
+    assert on_word < 1e-3 and too_long > on_word + 1 and wrong_word > on_word + 1
+    assert alignment_loss(5 * exact, targets, words, scale=20.0, norm_weight=0.0) < 1e-3
+
+
+def test_pretrain_config_rejects_bad_alignment_settings():
+    for bad in ({"align_scale": 0.0}, {"align_norm_weight": -1.0}, {"align_lr": 0.0}, {"epochs": -1.0}):
+        with pytest.raises(ValueError):
+            PretrainConfig(**{"epochs": 0, "align_epochs": 1, **bad})
+    with pytest.raises(ValueError, match="align_epochs > 0"):
+        PretrainConfig(epochs=0, align_epochs=0)

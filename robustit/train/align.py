@@ -1,17 +1,21 @@
 """Word-embedding alignment of the adapter: the first phase of the base stage.
 
 Before any pretraining through the language model, the adapter H learns to put out visual
-tokens that read as the words naming the image. For an image x whose shortest reference
-tokenizes to w (repeated, then cut, to the N visual tokens w_1..w_N),
+tokens that the frozen LM reads as the words naming the image, at the place and the scale of
+those words' input embeddings. For an image x whose shortest reference tokenizes to w
+(repeated, then cut, to the N visual tokens w_1..w_N), with E the LM's input word-embedding
+matrix (frozen) and V the token ids occurring in the targets of the whole corpus,
 
-    L_align = -(1/N) sum_n log softmax_v( H(x)_n . E_v )[w_n],
+    L_align = (1/N) sum_n [ -log softmax_{v in V}( s * cos(H(x)_n, E_v) )[w_n]
+                            + lambda * ( |H(x)_n| / |E_{w_n}| - 1 )^2 ],
 
-E the language model's input word-embedding matrix (frozen), the same dot product by which a
-tied LM reads its own hidden states as words. Only the embedding table is involved, never the
-LM's blocks, so an epoch costs far less than one of LM-loss pretraining, and the LM-loss
-phase (`robustit.train.base_adapter`) starts from an adapter whose tokens the frozen LM
-already reads as the object's name. AdamW with weight decay, a linear warmup over 5% of the
-steps and a cosine decay to 0.
+s = `align_scale`, lambda = `align_norm_weight`. The cosine logits choose the word by
+direction alone; the second term holds each token at its word's norm. A plain dot product
+with E would instead reward tokens of ever larger norm, far from every embedding the LM was
+trained on, and the LM then ignores what they say. The softmax runs over the corpus's own
+vocabulary V: the words the tokens must tell apart, at a small share of the cost of all of E.
+Only the embedding table is involved, never the LM's blocks. AdamW with weight decay, a
+linear warmup over 5% of the steps and a cosine decay to 0.
 """
 from __future__ import annotations
 
@@ -44,6 +48,17 @@ def alignment_targets(model: VisionLanguageModel, samples: Sequence[Sample]) -> 
     return torch.tensor(rows, dtype=torch.long)
 
 
+def alignment_loss(
+    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, scale: float, norm_weight: float
+) -> torch.Tensor:
+    """L_align of B x N visual `tokens` for B x N `targets`, indices into the rows of `words`
+    (the embeddings of the vocabulary V)."""
+    cosine = F.normalize(tokens, dim=-1) @ F.normalize(words, dim=-1).T
+    choice = F.cross_entropy(scale * cosine.flatten(0, 1), targets.flatten())
+    ratio = tokens.norm(dim=-1) / words[targets].norm(dim=-1)
+    return choice + norm_weight * (ratio - 1).pow(2).mean()
+
+
 def align_adapter(
     model: VisionLanguageModel,
     samples: Sequence[Sample],
@@ -54,8 +69,10 @@ def align_adapter(
     """Train the adapter of `model` in place on L_align over `samples` for
     `config.align_epochs` epochs; returns the loss of each step."""
     features = features if features is not None else FeatureCache(model)
-    targets = alignment_targets(model, samples).to(model.device)
-    words = model.decoder.get_input_embeddings().weight.detach()
+    targets = alignment_targets(model, samples)
+    vocabulary, targets = torch.unique(targets, return_inverse=True)
+    targets = targets.to(model.device)
+    words = model.decoder.get_input_embeddings().weight.detach()[vocabulary.to(model.device)]
     batch = config.align_batch_size
     per_epoch = -(-len(samples) // batch)
     total = max(1, round(config.align_epochs * per_epoch))
@@ -74,7 +91,7 @@ def align_adapter(
         for start in range(0, len(indices), batch):
             chunk = indices[start : start + batch]
             tokens = model.adapter(features.features([samples[i].image for i in chunk]))
-            loss = F.cross_entropy((tokens @ words.T).flatten(0, 1), targets[chunk].flatten())
+            loss = alignment_loss(tokens, targets[chunk], words, config.align_scale, config.align_norm_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.adapter.parameters(), config.max_grad_norm)
