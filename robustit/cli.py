@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from robustit.config import load_config, packaged_config
-from robustit.report import markdown_table, summary_row
+from robustit.report import detection_line, markdown_table, summary_row
 from robustit.rundir import RunDirectory
 from robustit.store import DEFAULT_STORE, ResultStore
 
@@ -60,6 +60,8 @@ def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
             f"({train['extra_forward_passes'] / train['steps']:.2f} extra passes/step)" for label, train in timed))
     for label, metrics, run_dir in runs:
         print()
+        if "detection" in metrics:
+            print(f"{label} detection: {detection_line(metrics['detection'])}")
         if "timings" in metrics:
             print(f"{label} stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
         print(f"{label} report: {run_dir / 'report.md'}")

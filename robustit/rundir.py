@@ -7,6 +7,7 @@
     checkpoint/                      trainable.safetensors, model_spec.json, defense.safetensors
     checkpoint-<step>/               intermediate checkpoints (train.checkpoint_every)
     audit.json                       which modules train; frozen tensors that got a gradient
+    flags.jsonl                      a data-side defense's decision per training sample (`Flag`)
     losses.json, loss_terms.json     LM loss and each defense term per step
     predictions/<condition>.jsonl    one record per test sample (base_clean, clean, full, ...)
     metrics.json                     written last: its presence marks the run complete
@@ -21,11 +22,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import yaml
 from safetensors.torch import load_file, save_file
+
+from robustit.defenses.base import Flag
 
 if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
@@ -153,6 +157,23 @@ class RunDirectory:
 
     def load_audit(self) -> dict[str, Any] | None:
         return self._read_json("audit.json", None)
+
+    def save_flags(self, flags: Sequence[Flag]) -> Path:
+        """flags.jsonl, one flag per line (id, score, flagged, replaced_response, reason)."""
+        return write_atomic(self.path / "flags.jsonl", "".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for f in flags))
+
+    def load_flags(self) -> list[Flag]:
+        """The flags of flags.jsonl ([] if the run has none)."""
+        path = self.path / "flags.jsonl"
+        if not path.is_file():
+            return []
+        flags = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                flags.append(Flag(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as error:
+                raise ValueError(f"{path} line {number}: not a flag record ({error})") from None
+        return flags
 
     def save_losses(self, losses: list[float], loss_terms: dict[str, list[float]]) -> None:
         write_atomic(self.path / "losses.json", json.dumps(losses) + "\n")

@@ -167,6 +167,13 @@ class Spy(Defense):
     def prepare(self, model, dataset):
         self.calls.append(("prepare", dataset))
 
+    def curate(self, state):
+        self.calls.append(("curate", state.step, state.steps_per_epoch, state.total_steps))
+
+    def training_sample(self, sample):
+        self.calls.append(("training_sample", sample))
+        return sample
+
     def augment(self, batch):
         self.calls.append(("augment", batch))
         return super().augment(batch)
@@ -201,7 +208,9 @@ def test_defenses_never_see_poison_information(tiny_model, fast_captions):
     train(tiny_model, PoisonedDataset(shape_samples(), attack), TrainConfig(max_steps=4, batch_size=4), progress=False, defense=spy)
     evaluate(tiny_model, shape_samples()[:2], attack, EvalConfig(max_new_tokens=2), progress=False, defense=spy)
     hooks = [call[0] for call in spy.calls]
-    assert hooks[0] == "prepare" and hooks.count("augment") == hooks.count("loss") == 4
+    assert hooks[:2] == ["prepare", "curate"] and hooks.count("augment") == hooks.count("loss") == 4
+    assert [c[1:] for c in spy.calls if c[0] == "curate"] == [(step, 2, 4) for step in range(5)]
+    assert hooks.count("training_sample") == 4 * 4
     assert [c[1] for c in spy.calls if c[0] == "after_step"] == [1, 2, 3, 4]
     assert hooks.count("finalize") == hooks.count("inference") == 1 and hooks.count("filter_input") == 2 * 4
     strings: list[tuple[str, str]] = []
