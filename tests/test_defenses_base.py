@@ -44,7 +44,7 @@ def fast_captions(monkeypatch):
 
 def test_registry_and_config_errors():
     assert {"idr", "aar", "robustit"} <= set(DEFENSES.names())
-    with pytest.raises(KeyError, match="unknown defense 'nope'; known: aar, idr, robustit"):
+    with pytest.raises(KeyError, match="unknown defense 'nope'; known: aar, byorn, idr, robustit"):
         build_defense(DefenseConfig("nope"))
     with pytest.raises(ValueError, match="non-empty"):
         DefenseConfig("")
@@ -60,7 +60,7 @@ def test_registry_and_config_errors():
         load_config(None, ["defense.name=idr", "defense.nope=1"])
 
 
-@pytest.mark.parametrize("name", ["vanilla", "idr", "aar", "robustit"])
+@pytest.mark.parametrize("name", ["vanilla", "idr", "aar", "robustit", "byorn"])
 def test_packaged_configs_build_and_take_overrides(name):
     path = DEFENSE_CONFIGS / f"{name}.yaml"
     with resources.as_file(path) as file:
@@ -72,7 +72,7 @@ def test_packaged_configs_build_and_take_overrides(name):
     defense = build_defense(config.defense)
     assert defense.name == name
     with resources.as_file(path) as file:
-        key = "gamma" if name == "aar" else "alpha"
+        key = {"aar": "gamma", "byorn": "quantile"}.get(name, "alpha")
         changed = build_defense(load_config(file, [f"defense.params.{key}=0.8"]).defense)
     assert changed.params[key] == 0.8 and defense.params[key] != 0.8
 

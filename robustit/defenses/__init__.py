@@ -14,6 +14,7 @@ from robustit.defenses.base import (
     register_defense,
     strip_poison_info,
 )
+from robustit.defenses.byorn import BYORn
 from robustit.defenses.composite import Composite, RobustIT
 from robustit.defenses.idr import IDR
 from robustit.registry import import_modules
@@ -22,6 +23,7 @@ import_modules(__name__, __path__)
 
 __all__ = [
     "AAR",
+    "BYORn",
     "Composite",
     "DEFENSES",
     "Defense",
