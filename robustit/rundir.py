@@ -12,6 +12,7 @@
     predictions/<condition>.jsonl    one record per test sample (base_clean, clean, full, ...)
     metrics.json                     written last: its presence marks the run complete
     report.md                        rendered from the files above
+    ranking.csv, scores.png          `robustit scan`: samples most suspicious first, score histogram
     reevaluated/<slug>/              re-evaluations, each a run directory of its own
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
@@ -19,6 +20,8 @@ killed run never leaves a truncated file behind.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -174,6 +177,33 @@ class RunDirectory:
             except (json.JSONDecodeError, TypeError) as error:
                 raise ValueError(f"{path} line {number}: not a flag record ({error})") from None
         return flags
+
+    @property
+    def ranking_file(self) -> Path:
+        return self.path / "ranking.csv"
+
+    @property
+    def score_histogram_file(self) -> Path:
+        return self.path / "scores.png"
+
+    def save_ranking(self, rows: Sequence[dict[str, Any]]) -> Path:
+        """ranking.csv: one row per sample, the columns of the first row."""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return write_atomic(self.ranking_file, text.getvalue())
+
+    def load_ranking(self) -> list[dict[str, str]]:
+        with self.ranking_file.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def is_scan(self) -> bool:
+        """Whether the folder holds a `robustit scan` (its ranking.csv)."""
+        return self.ranking_file.is_file()
+
+    def save_score_histogram(self, png: bytes) -> Path:
+        return write_atomic(self.score_histogram_file, png)
 
     def save_losses(self, losses: list[float], loss_terms: dict[str, list[float]]) -> None:
         write_atomic(self.path / "losses.json", json.dumps(losses) + "\n")
