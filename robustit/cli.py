@@ -4,6 +4,8 @@
     robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and RobustIT side by side
     robustit report RUN_DIR                                  re-render a run's report.md
+    robustit scan --out DIR [--config FILE] [--set ...] [--score S] [--threshold T]
+                                                             audit a training set with BYORn's detector
     robustit evaluate RUN_DIR --set defense.params.at_inference=false [--out DIR]
                                                              evaluate a tuned run again, test-time settings changed
     robustit bench attacks [--attacks a,b]                   VanillaIT on every attack, one table
@@ -19,7 +21,7 @@
                                                              per-channel adapter activation figure
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
-(--store, default results/); `evaluate` and `bench overhead` write no record.
+(--store, default results/); `evaluate`, `scan` and `bench overhead` write no record.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from pathlib import Path
 import torch
 
 from robustit.config import load_config, packaged_config
-from robustit.report import markdown_table, summary_row
+from robustit.report import detection_line, markdown_table, summary_row
 from robustit.rundir import RunDirectory
 from robustit.store import DEFAULT_STORE, ResultStore
 
@@ -60,6 +62,8 @@ def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
             f"({train['extra_forward_passes'] / train['steps']:.2f} extra passes/step)" for label, train in timed))
     for label, metrics, run_dir in runs:
         print()
+        if "detection" in metrics:
+            print(f"{label} detection: {detection_line(metrics['detection'])}")
         if "timings" in metrics:
             print(f"{label} stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
         print(f"{label} report: {run_dir / 'report.md'}")
@@ -138,6 +142,21 @@ def _bench(args: argparse.Namespace) -> int:
             run_overhead_benchmark(args.defense, args.attack, args.steps, args.overrides, out)
     print(out.read_text())
     print(f"table: {out}")
+    return 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    """BYORn's detector on the config's training set (poisoned by its attack, if any)."""
+    from robustit.scan import scan
+
+    chosen = [f"defense.params.{key}={value}" for key, value in (("score", args.score), ("threshold", args.threshold))
+              if value is not None]
+    config = load_config(args.config, ["defense.name=byorn", *args.overrides, *chosen])
+    out = RunDirectory(args.out)
+    metrics = scan(config, out)
+    print(f"scan of {config.data.source} ({config.data.train_split}): byorn {detection_line(metrics['detection'])}")
+    print(f"ranking: {out.ranking_file}")
+    print(f"histogram: {out.score_histogram_file}")
     return 0
 
 
@@ -221,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     activations.add_argument("--size", type=int, default=100, help="test images (default 100)")
     activations.add_argument("--out", type=Path, required=True, help="the PNG (statistics go beside it as .json)")
     activations.add_argument("--threads", type=int, help="torch CPU threads")
-    for p in (run, demo, bench, base):
+    scan = sub.add_parser("scan", help="audit a training set with BYORn's detector before tuning")
+    scan.add_argument("--config", type=Path, action="append", default=[],
+                      help="YAML file layered over the defaults (repeatable); its data, model and attack are scanned")
+    scan.add_argument("--score", help="defense.params.score: nll, image_gain or agreement (default: byorn's)")
+    scan.add_argument("--threshold", help="defense.params.threshold: robust_z, quantile or mixture (default: byorn's)")
+    scan.add_argument("--out", type=Path, required=True, help="the output folder (new, or an earlier scan's)")
+    for p in (run, demo, bench, base, scan):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -257,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return _activations(args)
         if args.command == "evaluate":
             return _reevaluate(args)
+        if args.command == "scan":
+            return _scan(args)
         print(RunDirectory(args.run_dir).write_report())
         return 0
     except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:

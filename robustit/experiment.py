@@ -4,6 +4,9 @@ poisoner -> trainer -> victim -> defender -> evaluator):
     data -> model (base adapter in place) -> attack -> poisoned set -> defense -> feature cache
          -> tune -> evaluate -> run directory (+ a record in the result store)
 
+A data-side defense's flags, written by tuning, are scored against the attack's manifest into
+metrics.json's "detection" (`robustit.eval.detection`).
+
 Every part is built on first use and kept, so a caller takes only what it needs: the
 overhead benchmark calls `tune()` alone, re-evaluation `Experiment.from_run(...).evaluate()`,
 the activation figure `.model` and `.test_samples`. Each stage's wall time is logged and kept
@@ -29,6 +32,7 @@ from robustit.data.fingerprint import samples_fingerprint
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import Defense, build_defense
+from robustit.eval.detection import detection_of
 from robustit.eval.evaluate import evaluate
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
@@ -216,6 +220,9 @@ class Experiment:
             records["base_clean"] = base_records["clean"]
         result = self.tune(run_dir)
         metrics["train"] = result.summary()
+        detection = detection_of(run_dir)
+        if detection is not None:
+            metrics["detection"] = detection
         tuned_metrics, tuned_records = self.evaluate()
         metrics.update(tuned_metrics)
         records.update(tuned_records)

@@ -44,6 +44,18 @@ def defense_line(defense: dict[str, Any] | None) -> str:
     return f"Defense: {defense['name']} ({params or 'no parameters'})."
 
 
+def detection_line(detection: dict[str, Any]) -> str:
+    """"flagged k of n samples" and, where a manifest was known, precision and recall (percent)
+    and the AUROC of the score ("-" where undefined)."""
+    line = f"flagged {detection['n_flagged']} of {detection['n_samples']} samples"
+    if "n_poisoned" not in detection:
+        return line + " (no manifest: precision and recall unknown)"
+    shown = {key: "-" if detection[key] is None else f"{detection[key]:{spec}}{unit}"
+             for key, spec, unit in (("precision", ".1f", "%"), ("recall", ".1f", "%"), ("auroc", ".3f", ""))}
+    return (f"{line}; against the manifest's {detection['n_poisoned']} poisoned: precision {shown['precision']}, "
+            f"recall {shown['recall']}, AUROC {shown['auroc']}")
+
+
 def render_report(run_dir: RunDirectory) -> str:
     """The Markdown report of a run directory, from its files alone."""
     metrics = run_dir.load_metrics()
@@ -79,6 +91,10 @@ def render_report(run_dir: RunDirectory) -> str:
         out += ["", f"Poisoned {m['n_poisoned']} of {m['n_samples']} training samples with {m['attack']} "
                 f"(rate {m['poison_rate']}, seed {m['seed']}, text trigger \"{m['text_trigger']}\", "
                 f"trigger sha256 {m['trigger_hash'][:16]}...); see manifest.json."]
+    detection = metrics.get("detection")
+    if detection:
+        out += ["", "## Detection", "", f"The defense {detection_line(detection)}. Each sample's score, flag, "
+                "replacement and reason: flags.jsonl. AUROC: of the suspicion score (higher = more suspicious)."]
     train = metrics.get("train")
     if train:
         extra = train.get("extra_forward_passes", 0) / train["steps"]

@@ -7,10 +7,12 @@
     checkpoint/                      trainable.safetensors, model_spec.json, defense.safetensors
     checkpoint-<step>/               intermediate checkpoints (train.checkpoint_every)
     audit.json                       which modules train; frozen tensors that got a gradient
+    flags.jsonl                      a data-side defense's decision per training sample (`Flag`)
     losses.json, loss_terms.json     LM loss and each defense term per step
     predictions/<condition>.jsonl    one record per test sample (base_clean, clean, full, ...)
     metrics.json                     written last: its presence marks the run complete
     report.md                        rendered from the files above
+    ranking.csv, scores.png          `robustit scan`: samples most suspicious first, score histogram
     reevaluated/<slug>/              re-evaluations, each a run directory of its own
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
@@ -18,14 +20,19 @@ killed run never leaves a truncated file behind.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import yaml
 from safetensors.torch import load_file, save_file
+
+from robustit.defenses.base import Flag
 
 if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
@@ -153,6 +160,50 @@ class RunDirectory:
 
     def load_audit(self) -> dict[str, Any] | None:
         return self._read_json("audit.json", None)
+
+    def save_flags(self, flags: Sequence[Flag]) -> Path:
+        """flags.jsonl, one flag per line (id, score, flagged, replaced_response, reason)."""
+        return write_atomic(self.path / "flags.jsonl", "".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for f in flags))
+
+    def load_flags(self) -> list[Flag]:
+        """The flags of flags.jsonl ([] if the run has none)."""
+        path = self.path / "flags.jsonl"
+        if not path.is_file():
+            return []
+        flags = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                flags.append(Flag(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as error:
+                raise ValueError(f"{path} line {number}: not a flag record ({error})") from None
+        return flags
+
+    @property
+    def ranking_file(self) -> Path:
+        return self.path / "ranking.csv"
+
+    @property
+    def score_histogram_file(self) -> Path:
+        return self.path / "scores.png"
+
+    def save_ranking(self, rows: Sequence[dict[str, Any]]) -> Path:
+        """ranking.csv: one row per sample, the columns of the first row."""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return write_atomic(self.ranking_file, text.getvalue())
+
+    def load_ranking(self) -> list[dict[str, str]]:
+        with self.ranking_file.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def is_scan(self) -> bool:
+        """Whether the folder holds a `robustit scan` (its ranking.csv)."""
+        return self.ranking_file.is_file()
+
+    def save_score_histogram(self, png: bytes) -> Path:
+        return write_atomic(self.score_histogram_file, png)
 
     def save_losses(self, losses: list[float], loss_terms: dict[str, list[float]]) -> None:
         write_atomic(self.path / "losses.json", json.dumps(losses) + "\n")

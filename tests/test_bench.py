@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def table(path):
 def test_packaged_config_layers_named_configs_and_names_the_known_ones():
     config = packaged_config(["attacks/sig", "defenses/robustit"], ["defense.params.alpha=3"])
     assert config.attack.name == "sig" and config.defense.name == "robustit" and config.defense.params["alpha"] == 3
-    with pytest.raises(ValueError, match=r"no packaged config 'defenses/nope'; known in defenses/: \['aar', 'idr'"):
+    with pytest.raises(ValueError, match=r"no packaged config 'defenses/nope'; known in defenses/: \['aar', 'byorn', 'idr'"):
         packaged_config(["defenses/nope"])
 
 
@@ -62,6 +63,19 @@ def test_defense_benchmark_tabulates_each_variant_against_vanilla(karpathy, tmp_
     assert len(store) == 3
     again = run_defense_benchmark(["aar", "vanilla", "robustit:alpha=3"], "badnets", overrides, tmp_path / "t2.md", store)
     assert again.read_text() == out.read_text() and len(store) == 3
+
+
+def test_defense_benchmark_adds_detection_columns_where_a_variant_flags(karpathy, tmp_path, monkeypatch):
+    monkeypatch.setattr("robustit.eval.evaluate.caption_scores", lambda p, r: SimpleNamespace(as_dict=lambda: {}))
+    store = ResultStore(tmp_path / "store")
+    variants = ["vanilla", "byorn:threshold=quantile:max_new_tokens=2"]
+    vanilla, byorn = table(run_defense_benchmark(variants, "badnets", tiny_overrides(karpathy, tmp_path), tmp_path / "t.md", store))
+    detection = next(r["metrics"]["detection"] for r in store.records() if r["config"]["defense"])
+    assert [vanilla[k] for k in ("flagged", "flag precision", "flag recall", "flag AUROC")] == ["-"] * 4
+    assert byorn["flagged"] == str(detection["n_flagged"]) == "5"
+    assert byorn["flag recall"] == f"{detection['recall']:.1f}" and byorn["flag AUROC"] == f"{detection['auroc']:.3f}"
+    plain = table(run_defense_benchmark(["vanilla"], "badnets", tiny_overrides(karpathy, tmp_path), tmp_path / "v.md", store))
+    assert "flagged" not in plain[0]
 
 
 def test_overhead_benchmark_times_both_in_one_process(karpathy, tmp_path):

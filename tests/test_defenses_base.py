@@ -44,7 +44,7 @@ def fast_captions(monkeypatch):
 
 def test_registry_and_config_errors():
     assert {"idr", "aar", "robustit"} <= set(DEFENSES.names())
-    with pytest.raises(KeyError, match="unknown defense 'nope'; known: aar, idr, robustit"):
+    with pytest.raises(KeyError, match="unknown defense 'nope'; known: aar, byorn, idr, robustit"):
         build_defense(DefenseConfig("nope"))
     with pytest.raises(ValueError, match="non-empty"):
         DefenseConfig("")
@@ -60,7 +60,7 @@ def test_registry_and_config_errors():
         load_config(None, ["defense.name=idr", "defense.nope=1"])
 
 
-@pytest.mark.parametrize("name", ["vanilla", "idr", "aar", "robustit"])
+@pytest.mark.parametrize("name", ["vanilla", "idr", "aar", "robustit", "byorn"])
 def test_packaged_configs_build_and_take_overrides(name):
     path = DEFENSE_CONFIGS / f"{name}.yaml"
     with resources.as_file(path) as file:
@@ -72,7 +72,7 @@ def test_packaged_configs_build_and_take_overrides(name):
     defense = build_defense(config.defense)
     assert defense.name == name
     with resources.as_file(path) as file:
-        key = "gamma" if name == "aar" else "alpha"
+        key = {"aar": "gamma", "byorn": "quantile"}.get(name, "alpha")
         changed = build_defense(load_config(file, [f"defense.params.{key}=0.8"]).defense)
     assert changed.params[key] == 0.8 and defense.params[key] != 0.8
 
@@ -167,6 +167,13 @@ class Spy(Defense):
     def prepare(self, model, dataset):
         self.calls.append(("prepare", dataset))
 
+    def curate(self, state):
+        self.calls.append(("curate", state.step, state.steps_per_epoch, state.total_steps))
+
+    def training_sample(self, sample):
+        self.calls.append(("training_sample", sample))
+        return sample
+
     def augment(self, batch):
         self.calls.append(("augment", batch))
         return super().augment(batch)
@@ -201,7 +208,9 @@ def test_defenses_never_see_poison_information(tiny_model, fast_captions):
     train(tiny_model, PoisonedDataset(shape_samples(), attack), TrainConfig(max_steps=4, batch_size=4), progress=False, defense=spy)
     evaluate(tiny_model, shape_samples()[:2], attack, EvalConfig(max_new_tokens=2), progress=False, defense=spy)
     hooks = [call[0] for call in spy.calls]
-    assert hooks[0] == "prepare" and hooks.count("augment") == hooks.count("loss") == 4
+    assert hooks[:2] == ["prepare", "curate"] and hooks.count("augment") == hooks.count("loss") == 4
+    assert [c[1:] for c in spy.calls if c[0] == "curate"] == [(step, 2, 4) for step in range(5)]
+    assert hooks.count("training_sample") == 4 * 4
     assert [c[1] for c in spy.calls if c[0] == "after_step"] == [1, 2, 3, 4]
     assert hooks.count("finalize") == hooks.count("inference") == 1 and hooks.count("filter_input") == 2 * 4
     strings: list[tuple[str, str]] = []

@@ -6,7 +6,8 @@ A variant is `name[:key=value[:key=value ...]]` (`robustit.bench.grid.variant_co
 "robustit:alpha=3:gamma=0.3". "overhead" is tuning seconds / VanillaIT's tuning seconds in
 this table; runs stored by an earlier invocation or another machine were timed there, so
 compare ratios of runs made in one invocation (`robustit bench overhead` times both in one
-process).
+process). Where a variant flags training samples (BYORn), the table adds the detection
+columns (`robustit.bench.tables.detection_columns`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from robustit.bench.grid import Block, GridSpec, grid_runs, run_grid
-from robustit.bench.tables import attack_columns
+from robustit.bench.tables import attack_columns, detection_columns
 from robustit.report import markdown_table
 from robustit.rundir import write_atomic
 from robustit.store import ResultStore
@@ -45,6 +46,7 @@ def run_defense_benchmark(variants: Sequence[str], attack: str, overrides: Seque
     run_grid(spec, store)
     records = {run.defense: store.get(run.config_hash)["metrics"] for run in runs}
     vanilla = records["vanilla"]["train"]["seconds"] if "vanilla" in records else None
+    with_detection = any("detection" in metrics for metrics in records.values())
     rows = []
     for variant in variants:
         train = records[variant]["train"]
@@ -54,5 +56,6 @@ def run_defense_benchmark(variants: Sequence[str], attack: str, overrides: Seque
             "tuning s": f"{train['seconds']:.0f}",
             "overhead": f"{train['seconds'] / vanilla:.2f}" if vanilla else "-",
             "extra passes/step": f"{train['extra_forward_passes'] / train['steps']:.2f}",
+            **(detection_columns(records[variant]) if with_detection else {}),
         })
     return write_atomic(out, markdown_table(rows) + "\n")

@@ -4,6 +4,8 @@ directory is read, so a table can be redone anywhere the store is (it is committ
 Columns of a run (`attack_columns`): the ASR variants, the false-trigger rate, the key-word
 rates on fully triggered and on clean inputs (percent of eligible outputs naming a key word of
 the target), n (eligible triggered test inputs) and caption quality; "-" where a run has none.
+A data-side defense's detection (`detection_columns`): training samples flagged, precision
+and recall (percent) of the flags and AUROC of its score against the attack's manifest.
 A grid table has one row per (attack, defense variant, poison rate); where the store holds
 several seeds of one, the row gives mean ± sample standard deviation over them.
 """
@@ -32,6 +34,12 @@ ATTACK_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("CIDEr", ("caption", "CIDEr"), 1),
 )
 TUNING_COLUMN = ("tuning s", ("train", "seconds"), 0)
+DETECTION_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("flagged", ("detection", "n_flagged"), 0),
+    ("flag precision", ("detection", "precision"), 1),
+    ("flag recall", ("detection", "recall"), 1),
+    ("flag AUROC", ("detection", "auroc"), 3),
+)
 COUNTS = ("n",)
 LABELS = ("attack", "defense", "rate", "seed")
 
@@ -65,6 +73,11 @@ def _columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool) -> dict[
 def attack_columns(metrics: dict[str, Any]) -> dict[str, str]:
     """The attack columns of one run's metrics (one decimal; "-" when absent)."""
     return _columns([metrics], with_tuning=False)
+
+
+def detection_columns(metrics: dict[str, Any]) -> dict[str, str]:
+    """The detection columns of one run's metrics ("-" when absent)."""
+    return {title: cell([metric(metrics, path)], decimals) for title, path, decimals in DETECTION_COLUMNS}
 
 
 def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LABELS) -> str:

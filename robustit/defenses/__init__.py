@@ -7,11 +7,14 @@ from robustit.defenses.base import (
     Defense,
     DefenseBatch,
     DefenseConfig,
+    Flag,
+    TuningState,
     View,
     build_defense,
     register_defense,
     strip_poison_info,
 )
+from robustit.defenses.byorn import BYORn
 from robustit.defenses.composite import Composite, RobustIT
 from robustit.defenses.idr import IDR
 from robustit.registry import import_modules
@@ -20,13 +23,16 @@ import_modules(__name__, __path__)
 
 __all__ = [
     "AAR",
+    "BYORn",
     "Composite",
     "DEFENSES",
     "Defense",
     "DefenseBatch",
     "DefenseConfig",
+    "Flag",
     "IDR",
     "RobustIT",
+    "TuningState",
     "View",
     "build_defense",
     "register_defense",

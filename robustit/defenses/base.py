@@ -3,11 +3,16 @@
 A `Defense` is a set of optional hooks. The training loop (`robustit.train.loop.train`) calls
 
     prepare(model, dataset)            once, before the first step
+    curate(state)                      before the first step (state.step = 0) and after each
+                                       optimizer step, before after_step
+    training_sample(sample) -> sample  on each drawn sample: the sample this step trains on,
+                                       None to leave it out of the batch
     augment(batch) -> views            each step: the versions of the batch the model sees
     adapter_hook(activations)          on every adapter pass while training (may rewrite them)
     loss(model, batch, outputs)        each step: named extra terms
     after_step(step)                   after each optimizer step (step = steps done)
     finalize(model)                    after the last step, before the final checkpoint
+    flags() -> list[Flag]              after tuning, written to the run directory (flags.jsonl)
 
 and the evaluator (`robustit.eval.evaluate.evaluate`) calls
 
@@ -25,10 +30,23 @@ forwarded have lm_weight 0). `outputs` maps each forwarded view's name to its `L
 passes of its own (an adapter-only pass, a frozen reference model) counts them in
 `extra_forward_passes`.
 
-No peeking (DESIGN.md section 1): every sample a defense receives, in `prepare`, `augment`,
-`loss` and `filter_input`, has been through `strip_poison_info` (no metadata, the training
-response as its only reference), the dataset handed to `prepare` is a plain tuple of such
-samples, and neither the attack, its config nor its target is ever passed.
+Data-side defenses (DESIGN.md section 5: replace training responses, or drop samples, before
+and during tuning) use `curate`, `training_sample` and `flags`. `curate` gets a `TuningState`:
+the model as tuned so far (at step 0 the starting model as handed to `prepare`, before the
+adapter hook is registered), the loop's frozen-feature cache and its schedule (steps done,
+steps per epoch, total steps, batch size). The loop keeps no copy of the training data
+beyond the stripped samples handed to `prepare`: every sample it draws, every step, passes
+through `training_sample` before the views are built, so a response the defense replaces is
+the one the LM loss sees, and a sample it returns None for is left out of that step's batch.
+`flags()` says, per training sample, what the defense decided and why (`Flag`); the
+evaluation, never the defense, compares them with the attack's manifest
+(`robustit.eval.detection`).
+
+No peeking (DESIGN.md section 1): every sample a defense receives, in `prepare`,
+`training_sample`, `augment`, `loss` and `filter_input`, has been through
+`strip_poison_info` (no metadata, the training response as its only reference), the dataset
+handed to `prepare` is a plain tuple of such samples, and neither the attack, its config nor
+its target is ever passed.
 """
 from __future__ import annotations
 
@@ -45,6 +63,7 @@ from robustit.registry import Registry
 
 if TYPE_CHECKING:
     from robustit.models.base import LMOutput, VisionLanguageModel
+    from robustit.models.features import FeatureCache
 
 
 @dataclass
@@ -91,6 +110,34 @@ class View:
         return cls(name, [s.image for s in samples], [s.instruction for s in samples], [s.response for s in samples], **options)
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A data-side defense's decision on one training sample: its suspicion `score` (higher
+    = more suspicious), whether it is `flagged`, the response it trains on instead
+    (`replaced_response`; None where it keeps its own or is left out) and the `reason`."""
+
+    id: str
+    score: float
+    flagged: bool
+    replaced_response: str | None
+    reason: str
+
+
+@dataclass
+class TuningState:
+    """What the loop tells `curate`: the model as tuned after `step` optimizer steps, the
+    loop's frozen-feature cache, its epoch length and total steps, its batch size and
+    whether to show progress bars."""
+
+    model: VisionLanguageModel
+    features: FeatureCache
+    step: int
+    steps_per_epoch: int
+    total_steps: int
+    batch_size: int
+    progress: bool
+
+
 @dataclass
 class DefenseBatch:
     """A training batch as a defense sees it: stripped samples and the views built so far
@@ -123,6 +170,13 @@ class Defense:
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         """Before the first step; `dataset` holds the stripped training samples."""
 
+    def curate(self, state: TuningState) -> None:
+        """Before the first step and after each optimizer step: revise training responses."""
+
+    def training_sample(self, sample: Sample) -> Sample | None:
+        """The sample a step trains on in place of `sample` (None: leave it out)."""
+        return sample
+
     def augment(self, batch: DefenseBatch) -> list[View]:
         """The views of this step (default: the batch's views unchanged)."""
         return list(batch.views.values())
@@ -140,6 +194,10 @@ class Defense:
 
     def finalize(self, model: VisionLanguageModel) -> None:
         """After the last step (pruning and the like)."""
+
+    def flags(self) -> list[Flag]:
+        """The data-side decision on each training sample ([] for defenses that make none)."""
+        return []
 
     @contextmanager
     def inference(self, model: VisionLanguageModel) -> Iterator[None]:

@@ -7,7 +7,9 @@ objective is
 
     L = sum_v lm_weight_v * L_it(v) + sum_members sum_k term_k,
 
-and the other hooks run member by member; the inference contexts nest.
+a training sample passes the members' `training_sample` in order (one member's None leaves
+it out), `flags` joins the members' flags, and the other hooks run member by member; the
+inference contexts nest.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 
 from robustit.data.sample import Sample
 from robustit.defenses.aar import AAR
-from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, register_defense
+from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, Flag, TuningState, View, register_defense
 from robustit.defenses.idr import IDR
 from robustit.models.base import LMOutput, VisionLanguageModel
 
@@ -51,6 +53,17 @@ class Composite(Defense):
         for defense in self.defenses:
             defense.prepare(model, dataset)
 
+    def curate(self, state: TuningState) -> None:
+        for defense in self.defenses:
+            defense.curate(state)
+
+    def training_sample(self, sample: Sample) -> Sample | None:
+        for defense in self.defenses:
+            sample = defense.training_sample(sample)
+            if sample is None:
+                return None
+        return sample
+
     def augment(self, batch: DefenseBatch) -> list[View]:
         for defense in self.defenses:
             batch = DefenseBatch(batch.samples, {view.name: view for view in defense.augment(batch)})
@@ -75,6 +88,9 @@ class Composite(Defense):
     def finalize(self, model: VisionLanguageModel) -> None:
         for defense in self.defenses:
             defense.finalize(model)
+
+    def flags(self) -> list[Flag]:
+        return [flag for defense in self.defenses for flag in defense.flags()]
 
     @contextmanager
     def inference(self, model: VisionLanguageModel) -> Iterator[None]:

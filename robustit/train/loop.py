@@ -11,13 +11,17 @@ followed by a cosine decay to 0, and gradient clipping at `max_grad_norm`:
 With a defense (`robustit.defenses.base`), each step's objective is
 L = sum_v lm_weight_v * L_it(v) + sum_k term_k over the defense's views and loss terms; the
 defense sees the training set and every batch only as stripped samples (no poison
-information), and its adapter hook stays registered from `prepare` to `finalize`.
+information), and its adapter hook stays registered from `prepare` to `finalize`. Every drawn
+sample passes the defense's `training_sample` before its views are built (a data-side defense
+replaces responses or leaves samples out there); a batch left empty is skipped without a step.
+`curate` runs before the first step and after every optimizer step, with the loop's state.
 """
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from robustit.data.sample import Sample
-from robustit.defenses.base import Defense, DefenseBatch, View, strip_poison_info
+from robustit.defenses.base import Defense, DefenseBatch, TuningState, View, strip_poison_info
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.train.config import TrainConfig
 from robustit.models.features import FeatureCache
@@ -160,17 +164,25 @@ def train(
     start = time.perf_counter()
     samples_of: Sequence[Sample] = dataset
     remove_hook: Callable[[], None] | None = None
+    tuning_state = partial(TuningState, model, features, steps_per_epoch=len(loader), total_steps=total,
+                           batch_size=config.batch_size, progress=progress)
     if defense is not None:
         samples_of = tuple(strip_poison_info(dataset[i]) for i in range(len(dataset)))
         defense.prepare(model, samples_of)
+        defense.curate(tuning_state(step=0))
         remove_hook = model.add_adapter_hook(defense.adapter_hook)
     model.train()
     bar = tqdm(total=total, desc="tuning", disable=not progress, unit="step")
     step = 0
     try:
         while step < total:
+            epoch_start = step
             for indices in loader:
                 samples = [samples_of[i] for i in indices]
+                if defense is not None:
+                    samples = [s for s in map(defense.training_sample, samples) if s is not None]
+                    if not samples:
+                        continue
                 objective, lm_loss, terms, forwarded = _objective(model, samples, features, defense)
                 accelerator.backward(objective)
                 if step == 0:
@@ -185,6 +197,7 @@ def train(
                 for name, term in terms.items():
                     loss_terms.setdefault(name, []).append(float(term.detach()))
                 if defense is not None:
+                    defense.curate(tuning_state(step=step))
                     defense.after_step(step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -192,6 +205,8 @@ def train(
                     run_dir.save_checkpoint(model, defense, step)
                 if step >= total:
                     break
+            if step == epoch_start:
+                raise ValueError(f"defense {defense.name!r} left every training sample out (training_sample gave None)")
         if defense is not None:
             defense.finalize(model)
     finally:
@@ -217,4 +232,7 @@ def train(
     if run_dir is not None:
         run_dir.save_checkpoint(model, defense)
         run_dir.save_audit(audit)
+        flags = defense.flags() if defense is not None else []
+        if flags:
+            run_dir.save_flags(flags)
     return result

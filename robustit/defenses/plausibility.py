@@ -1,0 +1,139 @@
+"""How implausible each training response is under a model: BYORn's suspicion scores
+(DESIGN.md section 5.3). Higher = more suspicious.
+
+For a sample (x, t, y), NLL(y | x, t) is the mean negative log-likelihood of the response's
+tokens, its end token included (`LMOutput.sample_loss`), and g is a neutral image: x's size,
+every pixel mid-grey (128, 128, 128).
+
+    nll         s = NLL(y | x, t)                              the paper's score
+    image_gain  s = -(NLL(y | g, t) - NLL(y | x, t))           how little the real image raises
+                                                               y's likelihood over a neutral one
+    agreement   s = 1 - |[w in W(y) : w in W(y*)]| / |W(y)|    y* the model's greedy response to (x, t)
+
+W(text) lists the content words of a text: its lowercased runs of letters and digits (so
+punctuation is dropped) that are not in `STOP_WORDS`, a small list of English function
+words; s = 1 where y has no content word. A poisoned target is unrelated to its image, so the
+image does not make it likelier, and the model would not say it unprompted.
+
+Every pass runs with the model in eval mode and without gradients, in batches. Cost, in passes
+through the whole model of one batch (the unit of `TrainResult.forward_passes`): a scoring
+forward counts 1, a greedy generation 1 + min(L, max_new_tokens), L being the longest response
+of the batch in tokens (re-tokenised), i.e. the prefill and one cached decode step per token.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from robustit.data.sample import Sample
+from robustit.models.base import VisionLanguageModel
+from robustit.models.features import FeatureCache
+
+SCORES = ("nll", "image_gain", "agreement")
+NEUTRAL_GREY = (128, 128, 128)
+STOP_WORDS = frozenset("""
+a an the and or but nor so of in on at to for from with without by as into onto over under
+above below near behind between about is are was were be been being am it its this that these
+those there here which who whom whose what he she they them his her their theirs we us our you
+your i me my has have had do does did can could will would shall should may might must
+""".split())
+WORD = re.compile(r"[a-z0-9]+")
+T = TypeVar("T")
+
+
+@dataclass
+class ScoredResponses:
+    """The suspicion score of each sample, the model's greedy responses where the score
+    needed them (agreement), and the passes it took."""
+
+    scores: np.ndarray
+    greedy: list[str] | None
+    passes: int
+
+
+def content_words(text: str) -> list[str]:
+    """W(text): lowercased words without punctuation and stop words, repeats kept."""
+    return [word for word in WORD.findall(text.lower()) if word not in STOP_WORDS]
+
+
+def disagreement(response: str, greedy: str) -> float:
+    """1 - the share of the response's content words that occur in the greedy response."""
+    words = content_words(response)
+    if not words:
+        return 1.0
+    said = set(content_words(greedy))
+    return 1.0 - sum(word in said for word in words) / len(words)
+
+
+def neutral_image(image: Image.Image) -> Image.Image:
+    return Image.new("RGB", image.size, NEUTRAL_GREY)
+
+
+@contextmanager
+def frozen(model: VisionLanguageModel) -> Iterator[None]:
+    """The model in eval mode, without gradients, for the block; its mode restored after."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(training)
+
+
+def batches(items: Sequence[T], size: int, desc: str, progress: bool) -> Iterator[list[T]]:
+    """`items` in consecutive batches of `size`, under a progress bar named `desc`."""
+    for start in tqdm(range(0, len(items), size), desc=desc, disable=not progress, unit="batch"):
+        yield [items[i] for i in range(start, min(start + size, len(items)))]
+
+
+def response_nll(model: VisionLanguageModel, features: FeatureCache, images: list[Image.Image], samples: list[Sample]) -> np.ndarray:
+    """NLL(y | image, t) of each sample's response, with the given images."""
+    batch = model.encode_prompts([s.instruction for s in samples], [s.response for s in samples])
+    return model(batch, features.features(images)).sample_loss.float().cpu().numpy()
+
+
+def greedy_responses(model: VisionLanguageModel, features: FeatureCache, samples: list[Sample], max_new_tokens: int) -> tuple[list[str], int]:
+    """The model's greedy responses to the samples' images and instructions, and their passes."""
+    texts = model.generate(features.features([s.image for s in samples]), [s.instruction for s in samples], max_new_tokens)
+    longest = max(len(model.tokenizer(text, add_special_tokens=False).input_ids) for text in texts)
+    return texts, 1 + min(longest, max_new_tokens)
+
+
+def score_responses(
+    model: VisionLanguageModel,
+    samples: Sequence[Sample],
+    features: FeatureCache,
+    score: str,
+    batch_size: int,
+    max_new_tokens: int,
+    progress: bool = True,
+) -> ScoredResponses:
+    """The `score` (one of `SCORES`) of every sample under `model`, frozen for the pass."""
+    if score not in SCORES:
+        raise ValueError(f"unknown plausibility score {score!r}; known: {list(SCORES)}")
+    scores: list[float] = []
+    greedy: list[str] = []
+    passes = 0
+    with frozen(model):
+        for batch in batches(samples, batch_size, f"scoring ({score})", progress):
+            if score == "agreement":
+                texts, cost = greedy_responses(model, features, batch, max_new_tokens)
+                greedy += texts
+                passes += cost
+                scores += [disagreement(s.response, g) for s, g in zip(batch, texts)]
+                continue
+            nll = response_nll(model, features, [s.image for s in batch], batch)
+            passes += 1
+            if score == "image_gain":
+                nll = nll - response_nll(model, features, [neutral_image(s.image) for s in batch], batch)
+                passes += 1
+            scores += nll.tolist()
+    return ScoredResponses(np.array(scores, dtype=float), greedy if score == "agreement" else None, passes)
