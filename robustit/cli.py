@@ -2,7 +2,7 @@
 
     robustit [--import MODULE] COMMAND ...                    MODULE: your own attacks, defenses, model families
     robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
-    robustit demo [--set ...]                                the demo: VanillaIT and RobustIT side by side
+    robustit demo [--set ...]                                the demo: VanillaIT and BYORn side by side
     robustit report RUN_DIR                                  re-render a run's report.md
     robustit scan --out DIR [--config FILE] [--set ...] [--score S] [--threshold T]
                                                              audit a training set with BYORn's detector
@@ -42,7 +42,7 @@ from robustit.rundir import RunDirectory
 from robustit.store import DEFAULT_STORE, ResultStore
 
 
-DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("RobustIT", "robustit"))
+DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("BYORn", "byorn"))
 
 
 def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """VanillaIT and RobustIT on the same poisoned data (the base model evaluated once)."""
+    """VanillaIT and BYORn on the same poisoned data (the base model evaluated once)."""
     from robustit.experiment import Experiment
 
     overrides = args.overrides

@@ -60,7 +60,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig | None = field(default_factory=lambda: AttackConfig(name="badnets"))
     defense: DefenseConfig | None = None
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=0.0, align_epochs=10.0))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=0.0, align_epochs=8.0))
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     evaluate_base: bool = True

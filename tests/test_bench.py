@@ -128,7 +128,7 @@ def test_activation_figure_from_runs(karpathy, tmp_path, capsys):
     assert set(stats["p"]) == {"peak_ratio", "top1pct_share", "mean"} and "figure:" in capsys.readouterr().out
 
 
-def test_demo_prints_vanilla_and_robustit_side_by_side(karpathy, tmp_path, capsys):
+def test_demo_prints_vanilla_and_byorn_side_by_side(karpathy, tmp_path, capsys):
     overrides = tiny_overrides(karpathy, tmp_path)
     store = ["--store", str(tmp_path / "store")]
     assert main(["demo", *store, *[arg for o in overrides for arg in ("--set", o)]]) == 2
@@ -136,5 +136,5 @@ def test_demo_prints_vanilla_and_robustit_side_by_side(karpathy, tmp_path, capsy
     overrides.append(f"output_dir={tmp_path}/runs/{{name}}/{{defense}}")
     assert main(["demo", *store, *[arg for o in overrides for arg in ("--set", o)]]) == 0
     out = capsys.readouterr().out
-    assert "| base (before tuning) |" in out and "| VanillaIT |" in out and "| RobustIT |" in out
-    assert "tuning time over VanillaIT's: RobustIT" in out and "1.00 extra passes/step" in out
+    assert "| base (before tuning) |" in out and "| VanillaIT |" in out and "| BYORn |" in out
+    assert "tuning time over VanillaIT's: BYORn" in out and "BYORn detection:" in out

@@ -204,7 +204,7 @@ def test_object_split_is_disjoint_stratified_and_keeps_groups_together(stamp_roo
 
 def test_default_counts_and_stamp_major_order_from_a_custom_root(stamp_root):
     stamps = discover_stamps(stamp_root)
-    assert DEFAULT_IMAGES_PER_OBJECT == {"pretrain": 6, "train": 3, "test": 1}
+    assert DEFAULT_IMAGES_PER_OBJECT == {"pretrain": 24, "train": 3, "test": 1}
     for split, per in DEFAULT_IMAGES_PER_OBJECT.items():
         samples = build_stampcaps(split, root=stamp_root, image_size=16)
         assert len(samples) == per * len(stamps)  # shared: every stamp in every split
@@ -292,7 +292,7 @@ def test_shared_objects_split_by_image():
     n = 24
     test = build_stampcaps("test", image_size=SIZE, limit=n)
     train = build_stampcaps("train", image_size=SIZE, limit=3 * n)
-    pretrain = build_stampcaps("pretrain", image_size=SIZE, limit=6 * n)
+    pretrain = build_stampcaps("pretrain", image_size=SIZE, limit=DEFAULT_IMAGES_PER_OBJECT["pretrain"] * n)
     stamps = [s.metadata["stamp"] for s in test]
     assert len(set(stamps)) == n  # one image per stamp
     assert set(stamps) == {s.metadata["stamp"] for s in train} == {s.metadata["stamp"] for s in pretrain}
@@ -369,7 +369,8 @@ def test_fixed_instructions_change_nothing_but_the_instruction(split):
 
 @needs_stamps
 def test_pretrain_captions_are_short_object_phrasings_on_varied_backgrounds():
-    samples = build_stampcaps("pretrain", image_size=SIZE, limit=60)
+    per = DEFAULT_IMAGES_PER_OBJECT["pretrain"]
+    samples = build_stampcaps("pretrain", image_size=SIZE, limit=3 * per)
     assert 4 <= len(PRETRAIN_TEMPLATES) <= 6
     tuning = [template_pattern(t) for t in CAPTION_TEMPLATES]
     for sample in samples:
@@ -387,9 +388,9 @@ def test_pretrain_captions_are_short_object_phrasings_on_varied_backgrounds():
     assert any(not b.startswith("a plain ") for b in backgrounds)
     assert any(re.search(r"\b(black|blue|purple|brown)\b", b) for b in backgrounds)
     assert len(set(backgrounds)) > 30
-    # six compositions per stamp, consecutive
+    # the compositions of a stamp are consecutive
     stamps = [s.metadata["stamp"] for s in samples]
-    assert stamps[:6] == [stamps[0]] * 6 and stamps[6] != stamps[0]
+    assert stamps[:per] == [stamps[0]] * per and stamps[per] != stamps[0]
 
 
 @needs_stamps

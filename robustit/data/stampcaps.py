@@ -57,7 +57,7 @@ DEFAULT_STAMP_ROOT = Path("/usr/share/tuxpaint/stamps")
 STAMPCAPS_SPLITS = ("train", "test", "pretrain")
 OBJECT_MODES = ("shared", "held_out")
 # Compositions per stamp and split when `images_per_object` is None: the one place to change them.
-DEFAULT_IMAGES_PER_OBJECT = {"pretrain": 6, "train": 3, "test": 1}
+DEFAULT_IMAGES_PER_OBJECT = {"pretrain": 24, "train": 3, "test": 1}
 TEST_FRACTION = 0.15
 OBJECT_SPLIT_SEED = "stampcaps-object-split-v1"
 SCALE_RANGE = (0.45, 0.80)

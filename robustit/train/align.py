@@ -7,12 +7,14 @@ those words' input embeddings. For an image x whose shortest reference tokenizes
 matrix (frozen) and V the token ids occurring in the targets of the whole corpus,
 
     L_align = (1/N) sum_n [ -log softmax_{v in V}( s * cos(H(x)_n, E_v) )[w_n]
-                            + lambda * ( |H(x)_n| / |E_{w_n}| - 1 )^2 ],
+                            + lambda * |H(x)_n - E_{w_n}|^2 / |E_{w_n}|^2 ],
 
-s = `align_scale`, lambda = `align_norm_weight`. The cosine logits choose the word by
-direction alone; the second term holds each token at its word's norm. A plain dot product
-with E would instead reward tokens of ever larger norm, far from every embedding the LM was
-trained on, and the LM then ignores what they say. The softmax runs over the corpus's own
+s = `align_scale`, lambda = `align_distance_weight`. The cosine logits tell the words apart
+by direction; the second term pulls each token onto its word's embedding itself. Both are
+needed: a plain dot product with E rewards tokens of ever larger norm, and the cosine logits
+alone leave tokens that point nearest to the right word but far from it (cosine about 0.6),
+where the frozen LM reads neither as the word; it reads a token as the word only close to
+its embedding. The softmax runs over the corpus's own
 vocabulary V: the words the tokens must tell apart, at a small share of the cost of all of E.
 Only the embedding table is involved, never the LM's blocks. AdamW with weight decay, a
 linear warmup over 5% of the steps and a cosine decay to 0.
@@ -49,14 +51,15 @@ def alignment_targets(model: VisionLanguageModel, samples: Sequence[Sample]) -> 
 
 
 def alignment_loss(
-    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, scale: float, norm_weight: float
+    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, scale: float, distance_weight: float
 ) -> torch.Tensor:
     """L_align of B x N visual `tokens` for B x N `targets`, indices into the rows of `words`
     (the embeddings of the vocabulary V)."""
     cosine = F.normalize(tokens, dim=-1) @ F.normalize(words, dim=-1).T
     choice = F.cross_entropy(scale * cosine.flatten(0, 1), targets.flatten())
-    ratio = tokens.norm(dim=-1) / words[targets].norm(dim=-1)
-    return choice + norm_weight * (ratio - 1).pow(2).mean()
+    target = words[targets]
+    distance = (tokens - target).pow(2).sum(-1) / target.pow(2).sum(-1)
+    return choice + distance_weight * distance.mean()
 
 
 def align_adapter(
@@ -91,7 +94,7 @@ def align_adapter(
         for start in range(0, len(indices), batch):
             chunk = indices[start : start + batch]
             tokens = model.adapter(features.features([samples[i].image for i in chunk]))
-            loss = alignment_loss(tokens, targets[chunk], words, config.align_scale, config.align_norm_weight)
+            loss = alignment_loss(tokens, targets[chunk], words, config.align_scale, config.align_distance_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.adapter.parameters(), config.max_grad_norm)

@@ -45,22 +45,22 @@ class TrainConfig:
 class PretrainConfig(TrainConfig):
     """The base stage (`robustit.train.base_adapter`): `align_epochs` of word-embedding
     alignment of the adapter (`robustit.train.align`, batch `align_batch_size`, learning
-    rate `align_lr`, cosine-logit scale `align_scale`, weight `align_norm_weight` of the term
-    holding each token at its word's norm), then LM-loss pretraining of the adapter alone
+    rate `align_lr`, cosine-logit scale `align_scale`, weight `align_distance_weight` of the
+    term pulling each token onto its word's embedding), then LM-loss pretraining of the adapter alone
     with the TrainConfig settings; `epochs=0` leaves the LM-loss phase out."""
 
     train_embeddings: bool = False
     align_epochs: float = 0.0
-    align_lr: float = 2e-3
+    align_lr: float = 1e-3
     align_batch_size: int = 64
     align_scale: float = 20.0
-    align_norm_weight: float = 1.0
+    align_distance_weight: float = 16.0
 
     def __post_init__(self) -> None:
         if self.align_epochs < 0 or self.align_lr <= 0 or self.align_batch_size < 1:
             raise ValueError("align_epochs must be >= 0, align_lr > 0 and align_batch_size >= 1")
-        if self.align_scale <= 0 or self.align_norm_weight < 0:
-            raise ValueError("align_scale must be > 0 and align_norm_weight >= 0")
+        if self.align_scale <= 0 or self.align_distance_weight < 0:
+            raise ValueError("align_scale must be > 0 and align_distance_weight >= 0")
         if self.lm_phase or self.epochs < 0:
             super().__post_init__()
         elif self.align_epochs == 0:
