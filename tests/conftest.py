@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from robustit.attacks import DEFAULT_TARGET
@@ -54,6 +55,15 @@ def karpathy(tmp_path: Path) -> dict:
 @pytest.fixture
 def tiny_model():
     return build_model("llava", tiny=True, vocabulary=vocabulary(), seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: thread start-up costs more than it saves, most of all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,7 @@ from robustit.data.sample import Sample
 INSTRUCTION = "Describe the image briefly."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up costs more than it saves, most of all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vltrojan(**params) -> VLTrojan:

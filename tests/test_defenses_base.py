@@ -29,12 +29,7 @@ from test_train import shape_samples
 DEFENSE_CONFIGS = resources.files("robustit") / "configs" / "defenses"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

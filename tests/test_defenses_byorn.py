@@ -18,12 +18,7 @@ from test_experiment import tiny_overrides
 from test_train import shape_samples
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def byorn(**params) -> BYORn:

@@ -16,12 +16,7 @@ STRENGTHS = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "flip": 0.5,
 NONE = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "flip": 0.0, "crop": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def idr(**params) -> IDR:

@@ -1,19 +1,13 @@
 import json
 
 import pytest
-import torch
 
 from robustit.cli import main
 from robustit.rundir import RunDirectory
 from test_experiment import tiny_overrides
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def scan_args(karpathy, tmp_path, *extra: str) -> list[str]:
