@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from robustit.attacks.dataset import PoisonedDataset
 from robustit.config import ExperimentConfig
 from robustit.data.sample import Sample
-from robustit.defenses.base import Flag, strip_poison_info
+from robustit.defenses.base import Flag, stripped_dataset
 from robustit.defenses.byorn import BYORn
 from robustit.eval.detection import detection_of
 from robustit.eval.score_figure import score_histogram
@@ -61,13 +61,14 @@ def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> 
     if isinstance(dataset, PoisonedDataset):
         out.save_manifest(dataset.manifest())
     model = experiment.model
-    detector.prepare(model, [strip_poison_info(dataset[i]) for i in range(len(dataset))])
+    detector.prepare(model, stripped_dataset(dataset))
     with experiment.stage("scan"):
         detector.detect(model, experiment.features, config.eval.batch_size, progress)
     flags = detector.flags()
     out.save_flags(flags)
     manifest = out.load_manifest()
-    poisoned = None if manifest is None else [f.id in set(manifest["poisoned_ids"]) for f in flags]
+    poisoned_ids = None if manifest is None else set(manifest["poisoned_ids"])
+    poisoned = None if poisoned_ids is None else [f.id in poisoned_ids for f in flags]
     out.save_ranking(ranking(detector.dataset, flags, poisoned))
     title = (f"{config.name}: byorn {detector.score} scores of {len(flags)} samples, "
              f"{sum(f.flagged for f in flags)} flagged ({detector.threshold})")

@@ -85,6 +85,11 @@ def strip_poison_info(sample: Sample) -> Sample:
     return sample.replace(references=[sample.response], metadata={})
 
 
+def stripped_dataset(dataset: Sequence[Sample]) -> tuple[Sample, ...]:
+    """Every sample of `dataset` (a list or a lazily poisoning dataset) as a defense may see it."""
+    return tuple(strip_poison_info(dataset[i]) for i in range(len(dataset)))
+
+
 @dataclass
 class View:
     """One version of a batch. The loop fills `features` (frozen f_v of `images`, from the

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from robustit.data.sample import Sample
-from robustit.defenses.base import Defense, DefenseBatch, TuningState, View, strip_poison_info
+from robustit.defenses.base import Defense, DefenseBatch, TuningState, View, stripped_dataset
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.train.config import TrainConfig
 from robustit.models.features import FeatureCache
@@ -167,7 +167,7 @@ def train(
     tuning_state = partial(TuningState, model, features, steps_per_epoch=len(loader), total_steps=total,
                            batch_size=config.batch_size, progress=progress)
     if defense is not None:
-        samples_of = tuple(strip_poison_info(dataset[i]) for i in range(len(dataset)))
+        samples_of = stripped_dataset(dataset)
         defense.prepare(model, samples_of)
         defense.curate(tuning_state(step=0))
         remove_hook = model.add_adapter_hook(defense.adapter_hook)
