@@ -1,6 +1,7 @@
 """Chat prompt layout and completion-only labels.
 
-One sequence is ``user_prefix <visual tokens> instruction user_suffix | response eos``.
+One sequence is ``user_prefix <image slots> image_suffix instruction user_suffix | response
+response_suffix``.
 Training and evaluation use this one layout, so clean and triggered prompts never differ
 except by the trigger itself. Labels are -100 everywhere but on the response and its eos
 token (completion-only loss).
@@ -16,11 +17,14 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """Literal pieces of a chat turn around the image and the instruction."""
+    """Literal pieces of a chat turn around the image and the instruction. `image_suffix`
+    stands between the image slots and the instruction: the begin-of-text token of families
+    whose image precedes it (PaliGemma, BLIP-2), the image's closing marker (Idefics3)."""
 
     user_prefix: str = "<|im_start|>user\n"
     user_suffix: str = "<|im_end|>\n<|im_start|>assistant\n"
     response_suffix: str = "<|im_end|>"
+    image_suffix: str = ""
 
 
 @dataclass
@@ -51,9 +55,10 @@ def encode_prompts(
     """Token ids for a batch, left-padded; with `responses`, labels cover only the response."""
     pad_id = tokenizer.pad_token_id
     prefix = tokenizer(fmt.user_prefix, add_special_tokens=False).input_ids
+    after_image = tokenizer(fmt.image_suffix, add_special_tokens=False).input_ids
     rows: list[tuple[list[int], list[bool], list[int]]] = []
     for i, instruction in enumerate(instructions):
-        prompt = tokenizer(instruction + fmt.user_suffix, add_special_tokens=False).input_ids
+        prompt = after_image + tokenizer(instruction + fmt.user_suffix, add_special_tokens=False).input_ids
         ids = prefix + [pad_id] * num_visual_tokens + prompt
         visual = [False] * len(prefix) + [True] * num_visual_tokens + [False] * len(prompt)
         labels = [IGNORE_INDEX] * len(ids)
