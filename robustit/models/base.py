@@ -12,7 +12,8 @@ route, Flamingo-style ones the second), and the completion-only loss is
 R being the response positions. Families differ only in how the parts are built. Parts may
 share modules (a Flamingo adapter's cross-attention blocks live inside the decoder); each
 parameter is named, counted and saved once, under the first part that holds it (vision,
-adapter, decoder, lm_head, in that order).
+adapter, decoder, lm_head, in that order). With `visual_words=True` the visual tokens are
+snapped onto the LM's word embeddings (`robustit.models.visual_words`) before they are used.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torch import nn
 from .adapters import Adapter
 from .image_processing import images_to_tensor
 from .prompt import IGNORE_INDEX, EncodedBatch, PromptFormat, encode_prompts
+from .visual_words import snap_to_words
 
 AdapterHook = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,6 +60,7 @@ class VisionLanguageModel(nn.Module):
         tokenizer: Any,
         image_size: int,
         prompt_format: PromptFormat = PromptFormat(),
+        visual_words: bool = False,
     ) -> None:
         super().__init__()
         self.family = family
@@ -69,6 +72,7 @@ class VisionLanguageModel(nn.Module):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.prompt_format = prompt_format
+        self.visual_words = visual_words
         self._adapter_hooks: list[AdapterHook] = []
         adapter.get_submodule(adapter.hook_point).register_forward_hook(self._run_adapter_hooks)
         self._untie_and_freeze()
@@ -132,6 +136,11 @@ class VisionLanguageModel(nn.Module):
             self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses
         ).to(self.device)
 
+    def visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """H_psi(features), snapped onto the word embeddings when the model reads visual words."""
+        tokens = self.adapter(features)
+        return snap_to_words(tokens, self.decoder.get_input_embeddings().weight) if self.visual_words else tokens
+
     def embed_prompts(self, batch: EncodedBatch, visual_tokens: torch.Tensor) -> torch.Tensor:
         embeds = self.decoder.get_input_embeddings()(batch.input_ids)
         return embeds.masked_scatter(batch.visual_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
@@ -147,7 +156,7 @@ class VisionLanguageModel(nn.Module):
     def forward(self, batch: EncodedBatch, features: torch.Tensor) -> LMOutput:
         if batch.labels is None:
             raise ValueError("forward needs labels; use generate() for inference")
-        visual_tokens = self.adapter(features)
+        visual_tokens = self.visual_tokens(features)
         embeds = self.embed_prompts(batch, visual_tokens)
         position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self._decode(embeds, batch.attention_mask, position_ids, visual_tokens, use_cache=False).last_hidden_state
@@ -164,7 +173,7 @@ class VisionLanguageModel(nn.Module):
     def generate(self, features: torch.Tensor, instructions: list[str], max_new_tokens: int = 32) -> list[str]:
         """Greedy decoding with a KV cache; stops each row at the eos token."""
         batch = self.encode_prompts(instructions)
-        visual_tokens = self.adapter(features.to(self.device))
+        visual_tokens = self.visual_tokens(features.to(self.device))
         embeds = self.embed_prompts(batch, visual_tokens)
         attention = batch.attention_mask
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
