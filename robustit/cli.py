@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     scan = sub.add_parser("scan", help="audit a training set with BYORn's detector before tuning")
     scan.add_argument("--config", type=Path, action="append", default=[],
                       help="YAML file layered over the defaults (repeatable); its data, model and attack are scanned")
-    scan.add_argument("--score", help="defense.params.score: nll, image_gain or agreement (default: byorn's)")
+    scan.add_argument("--score", help="defense.params.score: nll, image_gain, contrast or agreement (default: byorn's)")
     scan.add_argument("--threshold", help="defense.params.threshold: robust_z, quantile or mixture (default: byorn's)")
     scan.add_argument("--out", type=Path, required=True, help="the output folder (new, or an earlier scan's)")
     for p in (run, demo, bench, base, scan):

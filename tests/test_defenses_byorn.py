@@ -53,7 +53,7 @@ def test_content_words_drop_case_punctuation_and_stop_words():
     assert neutral_image(shape_samples()[0].image).getcolors() == [(32 * 32, (128, 128, 128))]
 
 
-@pytest.mark.parametrize("score", ["nll", "image_gain", "agreement"])
+@pytest.mark.parametrize("score", ["nll", "image_gain", "contrast", "agreement"])
 def test_scores_are_the_same_with_the_poison_information_stripped(tiny_model, score):
     samples = poisoned_samples()
     assert sum(bool(s.metadata.get("is_poisoned")) for s in samples) == 2
@@ -79,6 +79,21 @@ def test_image_gain_is_the_real_images_nll_minus_the_neutral_images(tiny_model):
     grey.prepare(tiny_model, [s.replace(image=neutral_image(s.image)) for s in samples])
     grey.detect(tiny_model, FeatureCache(tiny_model), 4, progress=False)
     assert scores["image_gain"] == pytest.approx(scores["nll"] - grey.scores, abs=1e-5)
+
+
+def test_contrast_is_the_own_images_nll_minus_that_of_the_image_half_the_set_away(tiny_model):
+    samples = shape_samples()[:5]
+    scores = {}
+    for score in ("nll", "contrast"):
+        defense = byorn(score=score)
+        defense.prepare(tiny_model, samples)
+        defense.detect(tiny_model, FeatureCache(tiny_model), 2, progress=False)
+        scores[score] = defense.scores
+    swapped = byorn(score="nll")
+    swapped.prepare(tiny_model, [s.replace(image=samples[(i + 2) % 5].image) for i, s in enumerate(samples)])
+    swapped.detect(tiny_model, FeatureCache(tiny_model), 2, progress=False)
+    assert scores["contrast"] == pytest.approx(scores["nll"] - swapped.scores, abs=1e-5)
+    assert max(abs(scores["contrast"])) > 1e-4
 
 
 def test_flagged_samples_train_on_their_replacements(tiny_model, monkeypatch):

@@ -8,7 +8,7 @@ Detection runs once, before the first step (`curate` at step 0), with the starti
 frozen (eval mode, no gradients, the loop's frozen-feature cache, batches of the training
 batch size):
 
-- `score` (default "image_gain"; "nll" is the paper's, "agreement" the third option) gives
+- `score` (default "image_gain"; "nll" is the paper's; "contrast" and "agreement") gives
   each training sample a suspicion score s_i (formulas in `robustit.defenses.plausibility`);
 - `threshold` flags samples from the scores alone (formulas in
   `robustit.defenses.thresholds`): "robust_z" (default) flags s_i more than `z` (3.5) robust

@@ -8,8 +8,12 @@ every pixel mid-grey (128, 128, 128).
     nll         s = NLL(y | x, t)                              the paper's score
     image_gain  s = -(NLL(y | g, t) - NLL(y | x, t))           how little the real image raises
                                                                y's likelihood over a neutral one
+    contrast    s = -(NLL(y | x', t) - NLL(y | x, t))          how little y fits its own image better
+                                                               than another sample's image x'
     agreement   s = 1 - |[w in W(y) : w in W(y*)]| / |W(y)|    y* the model's greedy response to (x, t)
 
+x' is the image of the sample half the training set away (sample (i + n // 2) mod n of n), a
+fixed pairing that needs no randomness and never pairs a sample with itself when n > 1.
 W(text) lists the content words of a text: its lowercased runs of letters and digits (so
 punctuation is dropped) that are not in `STOP_WORDS`, a small list of English function
 words; s = 1 where y has no content word. A poisoned target is unrelated to its image, so the
@@ -36,7 +40,7 @@ from robustit.data.sample import Sample
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 
-SCORES = ("nll", "image_gain", "agreement")
+SCORES = ("nll", "image_gain", "contrast", "agreement")
 NEUTRAL_GREY = (128, 128, 128)
 STOP_WORDS = frozenset("""
 a an the and or but nor so of in on at to for from with without by as into onto over under
@@ -123,7 +127,8 @@ def score_responses(
     greedy: list[str] = []
     passes = 0
     with frozen(model):
-        for batch in batches(samples, batch_size, f"scoring ({score})", progress):
+        for indices in batches(range(len(samples)), batch_size, f"scoring ({score})", progress):
+            batch = [samples[i] for i in indices]
             if score == "agreement":
                 texts, cost = greedy_responses(model, features, batch, max_new_tokens)
                 greedy += texts
@@ -134,6 +139,10 @@ def score_responses(
             passes += 1
             if score == "image_gain":
                 nll = nll - response_nll(model, features, [neutral_image(s.image) for s in batch], batch)
+                passes += 1
+            if score == "contrast":
+                strangers = [samples[(i + len(samples) // 2) % len(samples)].image for i in indices]
+                nll = nll - response_nll(model, features, strangers, batch)
                 passes += 1
             scores += nll.tolist()
     return ScoredResponses(np.array(scores, dtype=float), greedy if score == "agreement" else None, passes)
