@@ -12,14 +12,12 @@ the training pool for every other split; `instructions="fixed"` gives every samp
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from robustit.data.errors import DataError, LoadReport
 from robustit.data.instructions import DEFAULT_CAPTION_INSTRUCTION, caption_instruction, check_instruction_mode
+from robustit.data.records import ImageReader, keep_good, read_json
 from robustit.data.sample import Sample
 
 __all__ = ["DEFAULT_CAPTION_INSTRUCTION", "KARPATHY_SPLITS", "load_karpathy"]
@@ -58,28 +56,20 @@ def load_karpathy(
     report = report if report is not None else LoadReport()
     data = _read_json(json_path)
     dataset = str(data.get("dataset") or "karpathy")
-    samples: list[Sample] = []
-    for index, record in enumerate(data["images"]):
-        if limit is not None and len(samples) >= limit:
-            break
-        try:
-            if _record_split(json_path, index, record) not in KARPATHY_SPLITS[split]:
-                continue
-            samples.append(_sample(json_path, image_root, index, record, dataset, split, instructions))
-        except DataError as error:
-            if not skip_bad:
-                raise
-            report.skip(error)
+    read_image = ImageReader(json_path, image_root)
+
+    def build(index: int, record: Any) -> list[Sample]:
+        if _record_split(json_path, index, record) not in KARPATHY_SPLITS[split]:
+            return []
+        return [_sample(json_path, read_image, index, record, dataset, split, instructions)]
+
+    samples = keep_good(data["images"], build, skip_bad, report, limit)
     report.loaded += len(samples)
     return samples
 
 
 def _read_json(json_path: Path) -> dict[str, Any]:
-    try:
-        with json_path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(json_path, f"not valid JSON ({error})") from error
+    data = read_json(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(json_path, 'expected a JSON object with an "images" list (Karpathy split format)')
     return data
@@ -100,21 +90,16 @@ def _record_split(json_path: Path, index: int, record: Any) -> str:
 
 
 def _sample(
-    json_path: Path, image_root: Path, index: int, record: dict[str, Any], dataset: str, split: str, instructions: str
+    json_path: Path, read_image: ImageReader, index: int, record: dict[str, Any], dataset: str, split: str,
+    instructions: str,
 ) -> Sample:
     name = _record_name(index, record)
     references = [_raw(json_path, name, sentence) for sentence in record["sentences"]]
     references = [text for text in references if text]
     if not references:
         raise DataError(json_path, "no non-empty caption", name)
-    image_path = image_root / record.get("filepath", "") / record["filename"]
-    try:
-        with Image.open(image_path) as image:
-            rgb = image.convert("RGB")
-    except FileNotFoundError as error:
-        raise DataError(json_path, f"image file not found: {image_path}", name) from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(json_path, f"unreadable image {image_path} ({error})", name) from error
+    relative = Path(record.get("filepath", "")) / record["filename"]
+    rgb = read_image(relative, name)
     sample_id = f"{dataset}-{record.get('cocoid', record.get('imgid', record['filename']))}"
     return Sample(
         id=sample_id,
@@ -123,7 +108,7 @@ def _sample(
         response=references[0],
         references=references,
         task="caption",
-        metadata={"source": dataset, "image_path": str(image_path), "split": record["split"]},
+        metadata={"source": dataset, "image_path": str(read_image.root / relative), "split": record["split"]},
     )
 
 
