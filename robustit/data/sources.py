@@ -6,12 +6,14 @@ from typing import Any, Callable
 from robustit.data.karpathy import load_karpathy
 from robustit.data.sample import Sample
 from robustit.data.stampcaps import build_stampcaps
+from robustit.data.stampcaps_vqa import build_stampcaps_vqa
 from robustit.data.vqav2 import load_vqav2
 from robustit.registry import Registry
 
 DataSource = Callable[..., list[Sample]]
 DATA_SOURCES: Registry[DataSource] = Registry("data source")
 DATA_SOURCES.register("stampcaps")(build_stampcaps)
+DATA_SOURCES.register("stampcaps_vqa")(build_stampcaps_vqa)
 DATA_SOURCES.register("karpathy")(lambda split, **options: load_karpathy(split=split, **options))
 DATA_SOURCES.register("vqav2")(load_vqav2)
 

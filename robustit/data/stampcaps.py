@@ -62,6 +62,7 @@ TEST_FRACTION = 0.15
 OBJECT_SPLIT_SEED = "stampcaps-object-split-v1"
 SCALE_RANGE = (0.45, 0.80)
 REFERENCES_PER_IMAGE = 5
+BACKGROUND_PATTERNS = ("plain", "vertical", "horizontal", "gradient", "dots", "checks")
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35),
@@ -136,7 +137,12 @@ class Stamp:
 
     @property
     def group(self) -> str:
-        return " ".join(re.findall(r"\w+", self.phrase.casefold()))
+        return phrase_group(self.phrase)
+
+
+def phrase_group(phrase: str) -> str:
+    """The object group of a phrase: its casefolded words ("A fox!" and "a fox" are one object)."""
+    return " ".join(re.findall(r"\w+", phrase.casefold()))
 
 
 def object_phrase(caption: str) -> str:
@@ -221,15 +227,26 @@ def _resize(rgba: Image.Image, side: int) -> Image.Image:
     return rgba.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
 
 
-def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.ndarray, str]:
+@dataclass(frozen=True)
+class Background:
+    """A generated background: its description, its `pattern` (one of `BACKGROUND_PATTERNS`)
+    and its colour names (one for "plain", two otherwise, in the description's order)."""
+
+    text: str
+    pattern: str
+    colours: tuple[str, ...]
+
+
+def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.ndarray, Background]:
     if light_only:
         name = rng.choice(sorted(LIGHT_COLOURS))
-        return np.broadcast_to(np.array(LIGHT_COLOURS[name], np.uint8), (size, size, 3)), f"a plain {name} background"
+        pixels = np.broadcast_to(np.array(LIGHT_COLOURS[name], np.uint8), (size, size, 3))
+        return pixels, Background(f"a plain {name} background", "plain", (name,))
     name1, name2 = rng.sample(sorted(COLOURS), 2)
     c1, c2 = np.array(COLOURS[name1], np.float32), np.array(COLOURS[name2], np.float32)
     a = "an" if name1[0] in "aeiou" else "a"  # "an orange ...", not "a orange ..."
     y, x = np.mgrid[0:size, 0:size]
-    kind = rng.choice(("plain", "vertical", "horizontal", "gradient", "dots", "checks"))
+    kind = rng.choice(BACKGROUND_PATTERNS)
     width = rng.randint(max(2, size // 16), max(3, size // 6))
     if kind == "plain":
         mix, text = np.zeros((size, size)), f"a plain {name1} background"
@@ -246,10 +263,11 @@ def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.nda
         dx, dy = (x + phase) % spacing - width, (y + phase) % spacing - width
         mix, text = dx**2 + dy**2 <= (0.55 * width) ** 2, f"{a} {name1} background with {name2} polka dots"
     mix = np.asarray(mix, np.float32)[..., None]
-    return ((1 - mix) * c1 + mix * c2).round().astype(np.uint8), text
+    pixels = ((1 - mix) * c1 + mix * c2).round().astype(np.uint8)
+    return pixels, Background(text, kind, (name1,) if kind == "plain" else (name1, name2))
 
 
-def _compose(stamp: Stamp, rng: random.Random, size: int, light_only: bool) -> tuple[Image.Image, str]:
+def _compose(stamp: Stamp, rng: random.Random, size: int, light_only: bool) -> tuple[Image.Image, Background]:
     pixels, background = _background(rng, size, light_only)
     canvas = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
     sprite = _resize(_stamp_rgba(stamp.path, size), round(rng.uniform(*SCALE_RANGE) * size))
@@ -307,7 +325,8 @@ def build_stampcaps(
         if split == "pretrain":
             references = [t.format(obj=stamp.phrase, Obj=capitalize(stamp.phrase)) for t in PRETRAIN_TEMPLATES]
         else:
-            fields = {"obj": stamp.phrase, "Obj": capitalize(stamp.phrase), "bg": background, "Bg": capitalize(background)}
+            fields = {"obj": stamp.phrase, "Obj": capitalize(stamp.phrase), "bg": background.text,
+                      "Bg": capitalize(background.text)}
             references = [t.format(**fields) for t in rng.sample(CAPTION_TEMPLATES, REFERENCES_PER_IMAGE)]
         samples.append(
             Sample(
@@ -321,7 +340,9 @@ def build_stampcaps(
                     "source": "stampcaps",
                     "stamp": str(stamp.path),
                     "category": stamp.category,
-                    "background": background,
+                    "background": background.text,
+                    "background_pattern": background.pattern,
+                    "background_colours": list(background.colours),
                     "object": stamp.phrase,
                 },
             )
