@@ -10,6 +10,11 @@ from PIL import Image
 TASKS = ("caption", "vqa")
 
 
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+
+
 @dataclass
 class Sample:
     """One training or evaluation example.
@@ -31,8 +36,7 @@ class Sample:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"sample {self.id!r}: unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        check_task(self.task)
         if self.image.mode != "RGB":
             self.image = self.image.convert("RGB")
         if not self.references:
