@@ -1,10 +1,12 @@
 """Evaluation of a tuned model: clean caption quality and the attack's success.
 
 Four generations over the same test samples and prompt layout: clean, full trigger
-(image + text), image trigger only, text trigger only. Caption metrics score the clean
-predictions against the references; ASR variants, key-word rates and the false-trigger rate
-follow `robustit.eval.asr` on the eligible samples; where the samples name their object
-(StampCaps), the clean predictions' object-naming accuracy follows `robustit.eval.objects`.
+(image + text), image trigger only, text trigger only. The clean predictions are scored by
+task (`Sample.task`): caption metrics over the "caption" samples against their references
+(and, where they name their object, as StampCaps' do, object-naming accuracy,
+`robustit.eval.objects`), VQA accuracy over the "vqa" samples against their human answers
+(`robustit.eval.vqa`). ASR variants, key-word rates and the false-trigger rate follow
+`robustit.eval.asr` on the eligible samples, for answers as for captions.
 
 A defense's test-time part applies to all four: its `inference(model)` context is open for
 the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
@@ -24,6 +26,7 @@ from robustit.eval.asr import is_eligible, success_rate, target_keywords
 from robustit.eval.caption_metrics import caption_scores
 from robustit.eval.generate import generate_responses
 from robustit.eval.objects import object_accuracy
+from robustit.eval.vqa import answer_accuracy, vqa_accuracy
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 
@@ -64,11 +67,7 @@ def _evaluate(
     test: list[Sample], attack: Attack | None, run: Callable[[Sequence[Sample], str], list[str]]
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     clean = run(test, "clean")
-    scores = caption_scores({s.id: p for s, p in zip(test, clean)}, {s.id: s.references for s in test})
-    metrics: dict[str, Any] = {"caption": scores.as_dict()}
-    objects = [s.metadata.get("object") for s in test]
-    if any(objects):
-        metrics["objects"] = object_accuracy(clean, objects)
+    metrics = clean_quality(test, clean)
     records = {"clean": [_record(s, p) for s, p in zip(test, clean)]}
     if attack is not None:
         keywords = target_keywords(attack.target)
@@ -91,8 +90,29 @@ def _evaluate(
     return metrics, records
 
 
+def clean_quality(test: Sequence[Sample], clean: Sequence[str]) -> dict[str, Any]:
+    """{"caption": caption metrics, "objects": object naming} over the caption samples and
+    {"vqa": VQA accuracy, overall and per answer type} over the VQA samples, each where the
+    test set has such samples."""
+    metrics: dict[str, Any] = {}
+    captions = [(s, p) for s, p in zip(test, clean) if s.task == "caption"]
+    if captions:
+        scores = caption_scores({s.id: p for s, p in captions}, {s.id: s.references for s, _ in captions})
+        metrics["caption"] = scores.as_dict()
+        objects = [s.metadata.get("object") for s, _ in captions]
+        if any(objects):
+            metrics["objects"] = object_accuracy([p for _, p in captions], objects)
+    questions = [(s, p) for s, p in zip(test, clean) if s.task == "vqa"]
+    if questions:
+        metrics["vqa"] = vqa_accuracy([p for _, p in questions], [s.references for s, _ in questions],
+                                      [s.metadata.get("answer_type") for s, _ in questions])
+    return metrics
+
+
 def _record(sample: Sample, prediction: str) -> dict[str, Any]:
     record = {"id": sample.id, "instruction": sample.instruction, "prediction": prediction, "references": sample.references}
     if "object" in sample.metadata:
         record["object"] = sample.metadata["object"]
+    if sample.task == "vqa":
+        record["accuracy"] = answer_accuracy(prediction, sample.references)
     return record
