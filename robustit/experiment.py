@@ -33,7 +33,7 @@ from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import Defense, build_defense
 from robustit.eval.detection import detection_of
-from robustit.eval.evaluate import evaluate
+from robustit.eval.evaluate import choose_demonstration, evaluate
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 from robustit.models.hashes import file_hash, weights_hash
@@ -150,6 +150,16 @@ class Experiment:
         return build_defense(self.config.defense) if self.config.defense is not None else None
 
     @cached_property
+    def demonstration(self) -> Sample | None:
+        """The in-context demonstration of one-shot evaluation (`eval.shots=1`): a clean
+        training sample (`choose_demonstration` by `data.seed`); None for zero-shot. Asking for
+        it checks that the model takes several images per prompt."""
+        if self.config.eval.shots == 0:
+            return None
+        self.model.check_multi_image()
+        return choose_demonstration(self.train_samples, self.config.data.seed)
+
+    @cached_property
     def features(self) -> FeatureCache:
         return FeatureCache(self.model)
 
@@ -181,7 +191,7 @@ class Experiment:
         test, model = self.test_samples, self.model
         with self.stage("evaluation" if defended else "base evaluation"):
             return evaluate(model, test, self.attack if defended else None, self.config.eval, self.features,
-                            self.progress, self.defense if defended else None)
+                            self.progress, self.defense if defended else None, self.demonstration)
 
     def inputs(self) -> dict[str, str | None]:
         """Hashes that identify what the run starts from: the starting model's weights, the
@@ -200,6 +210,8 @@ class Experiment:
         config = self.config
         torch.manual_seed(config.train.seed)
         run_dir = RunDirectory(config.run_dir())
+        if self.demonstration is not None:
+            log.info("one-shot evaluation: every test input follows training sample %s", self.demonstration.id)
         run_dir.clear()
         run_dir.save_config(config)
         inputs = self.inputs()

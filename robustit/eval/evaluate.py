@@ -1,4 +1,4 @@
-"""Evaluation of a tuned model: clean caption quality and the attack's success.
+"""Evaluation of a tuned model: clean task quality and the attack's success.
 
 Four generations over the same test samples and prompt layout: clean, full trigger
 (image + text), image trigger only, text trigger only. The clean predictions are scored by
@@ -8,12 +8,17 @@ task (`Sample.task`): caption metrics over the "caption" samples against their r
 (`robustit.eval.vqa`). ASR variants, key-word rates and the false-trigger rate follow
 `robustit.eval.asr` on the eligible samples, for answers as for captions.
 
+With `shots=1` every test input, clean or triggered, follows the same in-context
+demonstration: one clean training sample with its own image (`choose_demonstration`), never
+passed through the defense's input filter.
+
 A defense's test-time part applies to all four: its `inference(model)` context is open for
 the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
 without the trigger metadata) before generation.
 """
 from __future__ import annotations
 
+import random
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -30,15 +35,31 @@ from robustit.eval.vqa import answer_accuracy, vqa_accuracy
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 
+SHOTS = (0, 1)
 TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
 
 
 @dataclass
 class EvalConfig:
-    """Generation settings; the test set's size is `data.test_size`."""
+    """Generation settings; the test set's size is `data.test_size`. `shots`: in-context
+    demonstrations before each test input, 0 (zero-shot) or 1 (one-shot: one clean training
+    sample with its own image, drawn by `data.seed`, the same before every clean and triggered
+    input; needs a model family that takes several images per prompt)."""
 
     batch_size: int = 32
     max_new_tokens: int = 24
+    shots: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shots not in SHOTS:
+            raise ValueError(f"eval.shots must be one of {list(SHOTS)}, got {self.shots!r}")
+
+
+def choose_demonstration(train: Sequence[Sample], seed: int) -> Sample:
+    """The training sample at index randrange(len(train)) of random.Random("demonstration:<seed>")."""
+    if not train:
+        raise ValueError("one-shot evaluation needs a training sample to show as its demonstration")
+    return train[random.Random(f"demonstration:{seed}").randrange(len(train))]
 
 
 def evaluate(
@@ -49,18 +70,30 @@ def evaluate(
     features: FeatureCache | None = None,
     progress: bool = True,
     defense: Defense | None = None,
+    demonstration: Sample | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """(metrics, predictions by condition); without an attack only clean quality is measured."""
+    """(metrics, predictions by condition); without an attack only clean quality is measured.
+    `demonstration` is the in-context example `config.shots=1` needs (and zero-shot refuses)."""
+    if (demonstration is not None) != (config.shots == 1):
+        raise ValueError(f"eval.shots={config.shots} needs {config.shots} demonstration(s), got "
+                         f"{'one' if demonstration is not None else 'none'}")
+    if demonstration is not None:
+        model.check_multi_image()
     test = list(test)
     features = features if features is not None else FeatureCache(model)
 
     def run(samples: Sequence[Sample], name: str) -> list[str]:
         if defense is not None:
             samples = [defense.filter_input(strip_poison_info(samples[i])) for i in range(len(samples))]
-        return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress)
+        return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress,
+                                  demonstration)
 
     with defense.inference(model) if defense is not None else nullcontext():
-        return _evaluate(test, attack, run)
+        metrics, records = _evaluate(test, attack, run)
+    if demonstration is not None:
+        metrics["demonstration"] = {"id": demonstration.id, "instruction": demonstration.instruction,
+                                    "response": demonstration.response}
+    return metrics, records
 
 
 def _evaluate(

@@ -8,6 +8,11 @@ of the embedded prompt, and the completion-only loss is
     L_it = - (1 / |R|) * sum_{(b, i) in R} log p(y_{b,i} | x_b, t_b, y_{b,<i}),
 
 R being the response positions. Families differ only in how the parts are built.
+
+Several images per prompt (one-shot evaluation's demonstration before the test input): a
+family whose visual tokens enter the language model's input sequence, as mini's and LLaVA's
+do, takes them through the same slots, one block of visual tokens per image, and is built
+with `multi_image=True`; a family built without it refuses a demonstration with an error.
 """
 from __future__ import annotations
 
@@ -26,6 +31,16 @@ from .image_processing import images_to_tensor
 from .prompt import IGNORE_INDEX, EncodedBatch, PromptFormat, encode_prompts
 
 AdapterHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Demonstration:
+    """An in-context example before every prompt of a batch: frozen features f_v of its own
+    image (N x C), its instruction and its response."""
+
+    features: torch.Tensor
+    instruction: str
+    response: str
 
 
 @dataclass
@@ -52,9 +67,11 @@ class VisionLanguageModel(nn.Module):
         tokenizer: Any,
         image_size: int,
         prompt_format: PromptFormat = PromptFormat(),
+        multi_image: bool = False,
     ) -> None:
         super().__init__()
         self.family = family
+        self.multi_image = multi_image
         self.spec = spec
         self.vision = vision
         self.adapter = adapter
@@ -116,9 +133,20 @@ class VisionLanguageModel(nn.Module):
         """Frozen features f_v(x), B x N x C, from [0, 1] pixels."""
         return self.vision(pixels.to(self.device))
 
-    def encode_prompts(self, instructions: list[str], responses: list[str] | None = None) -> EncodedBatch:
+    def check_multi_image(self) -> None:
+        """Raise a ValueError unless the family takes several images per prompt."""
+        if not self.multi_image:
+            raise ValueError(
+                f"model family {self.family!r} takes one image per prompt, so it cannot be shown an in-context "
+                "demonstration with an image of its own (eval.shots=1); use eval.shots=0 or a family built with "
+                "multi_image=True"
+            )
+
+    def encode_prompts(
+        self, instructions: list[str], responses: list[str] | None = None, demonstration: tuple[str, str] | None = None
+    ) -> EncodedBatch:
         return encode_prompts(
-            self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses
+            self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses, demonstration
         ).to(self.device)
 
     def embed_prompts(self, batch: EncodedBatch, visual_tokens: torch.Tensor) -> torch.Tensor:
@@ -144,10 +172,24 @@ class VisionLanguageModel(nn.Module):
         return LMOutput(token_loss.mean(), sample_loss, logits, rows, visual_tokens)
 
     @torch.no_grad()
-    def generate(self, features: torch.Tensor, instructions: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Greedy decoding with a KV cache; stops each row at the eos token."""
-        batch = self.encode_prompts(instructions)
-        embeds = self.embed_prompts(batch, self.adapter(features.to(self.device)))
+    def generate(
+        self,
+        features: torch.Tensor,
+        instructions: list[str],
+        max_new_tokens: int = 32,
+        demonstration: Demonstration | None = None,
+    ) -> list[str]:
+        """Greedy decoding with a KV cache; stops each row at the eos token. A `demonstration`
+        precedes every prompt, its image's visual tokens in its own slots (multi-image families)."""
+        visual_tokens = self.adapter(features.to(self.device))
+        if demonstration is None:
+            batch = self.encode_prompts(instructions)
+        else:
+            self.check_multi_image()
+            batch = self.encode_prompts(instructions, demonstration=(demonstration.instruction, demonstration.response))
+            shown = self.adapter(demonstration.features.to(self.device)[None]).expand(len(instructions), -1, -1)
+            visual_tokens = torch.cat([shown, visual_tokens], dim=1)
+        embeds = self.embed_prompts(batch, visual_tokens)
         attention = batch.attention_mask
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         # the last token of the response suffix is the end token the labels train on; a suffix

@@ -86,7 +86,8 @@ def build_llava(
     if tiny:
         tokenizer = build_word_tokenizer(vocabulary or [])
         model = tiny_llava(tokenizer, image_size or 32, seed)
-        prompt_format = PromptFormat(user_prefix="<|im_start|>", user_suffix=" <|im_end|> <|im_start|>", response_suffix=" <|im_end|>")
+        prompt_format = PromptFormat(user_prefix="<|im_start|>", user_suffix=" <|im_end|> <|im_start|>",
+                                     response_suffix=" <|im_end|>", turn_separator="")
     elif name_or_path is not None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -94,7 +95,8 @@ def build_llava(
         tokenizer = AutoProcessor.from_pretrained(name_or_path).tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        prompt_format = PromptFormat(user_prefix="USER: ", user_suffix=" ASSISTANT:", response_suffix=tokenizer.eos_token)
+        prompt_format = PromptFormat(user_prefix="USER: ", user_suffix=" ASSISTANT:", response_suffix=tokenizer.eos_token,
+                                     turn_separator="")
     else:
         raise ValueError("build_llava needs name_or_path or tiny=True")
     vision_config = model.config.vision_config
@@ -111,4 +113,5 @@ def build_llava(
         tokenizer=tokenizer,
         image_size=size,
         prompt_format=prompt_format,
+        multi_image=True,
     )

@@ -110,4 +110,5 @@ def build_mini(
         lm_head=language_model.lm_head,
         tokenizer=tokenizer,
         image_size=image_size,
+        multi_image=True,
     )
