@@ -178,7 +178,7 @@ def _base_adapter(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides) if args.config else packaged_config([], args.overrides)
     data = config.data
     model = build_model(config.model.family, **config.model.spec)
-    directory = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, config.pretrain, rebuild=args.rebuild)
+    directory = ensure_base_adapter(model, *data.pretraining(), config.pretrain, rebuild=args.rebuild)
     if args.ship:
         directory = ship_base_adapter(directory)
     print(f"base adapter: {directory}")

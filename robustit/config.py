@@ -36,7 +36,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """`source` names a registered data source; `options` are its arguments. `train_size` and
-    `test_size` keep a random subset (seeded by `seed`) of that many samples."""
+    `test_size` keep a random subset (seeded by `seed`) of that many samples. The base stage
+    (`model.base: pretrain`) pretrains on split `pretrain_split` of `pretrain_source` with
+    `pretrain_options`, which are `source` and `options` where left null (a VQA set can start
+    from the adapter pretrained on its images' captions: `stampcaps_vqa` over `stampcaps`)."""
 
     source: str = "stampcaps"
     options: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +49,14 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     pretrain_split: str = "pretrain"
+    pretrain_source: str | None = None
+    pretrain_options: dict[str, Any] | None = None
+
+    def pretraining(self) -> tuple[str, dict[str, Any], str]:
+        """(source, options, split) of the base stage's data."""
+        source = self.source if self.pretrain_source is None else self.pretrain_source
+        options = self.options if self.pretrain_options is None else self.pretrain_options
+        return source, options, self.pretrain_split
 
 
 # Fields that name or place a run, or add the base model's evaluation beside it, without

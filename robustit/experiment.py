@@ -127,8 +127,7 @@ class Experiment:
             if self.tuned_from is not None:
                 base = None
             elif base == "pretrain":
-                base = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, self.config.pretrain,
-                                           self.progress)
+                base = ensure_base_adapter(model, *data.pretraining(), self.config.pretrain, self.progress)
             if base is not None:
                 self.base_dir = Path(base)
                 model.load_trainable(self.base_dir, strict=False)

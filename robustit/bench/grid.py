@@ -3,6 +3,7 @@
 A grid file:
 
     name: attacks                          # the runs are named <name>/<defense variant>
+    layers: [tasks/vqa]                    # packaged configs under the attack's (optional)
     overrides: [evaluate_base=false]       # settings of every run (optional)
     blocks:                                # each block is a product of its lists
       - attacks: [badnets, sig]            # packaged attack configs (configs/attacks/)
@@ -11,8 +12,8 @@ A grid file:
         seeds: [0, 1, 2]                   # optional; sets train.seed and attack.seed
         overrides: [train.max_steps=50]    # settings of this block's runs (optional)
 
-A run's config is `variant_config(defense, attack, overrides)` (the packaged demo, attack and
-defense configs, then evaluate_base=false, then name=<grid name>, the grid's and the block's
+A run's config is `variant_config(defense, attack, overrides, layers)` (the packaged demo config,
+the grid's layers, the attack and defense configs, then evaluate_base=false, then name=<grid name>, the grid's and the block's
 overrides, attack.poison_rate, train.seed and attack.seed, then the variant's parameters),
 named <grid name>/<variant slug> so each variant runs in its own directory. The blocks are
 expanded, de-duplicated by config hash and sorted by it; shard i of n holds the runs at
@@ -38,14 +39,14 @@ from robustit.store import ResultStore, dotted
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Runner = Callable[[ExperimentConfig, ResultStore], Any]
-GRID_KEYS = ("name", "overrides", "blocks")
+GRID_KEYS = ("name", "layers", "overrides", "blocks")
 BLOCK_KEYS = ("attacks", "defenses", "poison_rates", "seeds", "overrides")
 
 
-def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> ExperimentConfig:
-    """The config of variant `spec` against `attack`, named <name>/<slug of spec>, where
-    <name> is bench-defenses unless the overrides set it (so each variant and each set of
-    overrides runs in its own directory)."""
+def variant_config(spec: str, attack: str, overrides: Sequence[str], layers: Sequence[str] = ()) -> ExperimentConfig:
+    """The config of variant `spec` against `attack` over the packaged config `layers` (e.g.
+    "tasks/vqa"), named <name>/<slug of spec>, where <name> is bench-defenses unless the
+    overrides set it (so each variant and each set of overrides runs in its own directory)."""
     name, *settings = spec.split(":")
     for setting in settings:
         if "=" not in setting:
@@ -54,7 +55,7 @@ def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> Experime
         raise ValueError(f"defense variant {spec!r}: vanilla has no parameters")
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", spec).replace("=", "")
     config = packaged_config(
-        [f"attacks/{attack}", f"defenses/{name}"],
+        [*layers, f"attacks/{attack}", f"defenses/{name}"],
         ["evaluate_base=false", "name=bench-defenses", "output_dir=runs/{name}/{attack}-p{poison_rate}-seed{seed}",
          *overrides, *(f"defense.params.{setting}" for setting in settings)],
     )
@@ -76,6 +77,7 @@ class GridSpec:
     blocks: tuple[Block, ...]
     overrides: tuple[str, ...] = ()
     path: Path | None = None
+    layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,11 +167,17 @@ def load_grid(path: str | Path) -> GridSpec:
     blocks = raw.get("blocks")
     if not isinstance(blocks, list) or not blocks:
         raise ValueError(f"{path}: blocks: expected a non-empty list of blocks, got {blocks!r}")
+    layers = _strings(f"{path}: layers", raw.get("layers"), required=False)
+    for i, layer in enumerate(layers):
+        kind, _, component = layer.partition("/")
+        if component not in known_components(kind):
+            raise ValueError(f"{path}: layers[{i}]: no packaged config {layer!r}; known in {kind}/: {known_components(kind)}")
     return GridSpec(
         name=name,
         blocks=tuple(_block(f"{path}: blocks[{i}]", block) for i, block in enumerate(blocks)),
         overrides=_overrides(f"{path}: overrides", raw.get("overrides")),
         path=path,
+        layers=layers,
     )
 
 
@@ -189,7 +197,7 @@ def grid_runs(spec: GridSpec) -> list[GridRun]:
                         if seed is not None:
                             overrides += [f"train.seed={seed}", f"attack.seed={seed}"]
                         try:
-                            config = variant_config(defense, attack, overrides)
+                            config = variant_config(defense, attack, overrides, spec.layers)
                             key = config.config_hash()
                         except (ValueError, KeyError) as error:
                             raise ValueError(f"{where}blocks[{b}] (attack {attack!r}, defense {defense!r}): {error}") from error
