@@ -11,6 +11,7 @@ TASKS = ("caption", "vqa")
 
 
 def check_task(task: str) -> None:
+    """Raise a ValueError naming the known tasks unless `task` is one of `TASKS`."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
 
