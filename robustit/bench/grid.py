@@ -12,9 +12,10 @@ A grid file:
         seeds: [0, 1, 2]                   # optional; sets train.seed and attack.seed
         overrides: [train.max_steps=50]    # settings of this block's runs (optional)
 
-A run's config is `variant_config(defense, attack, overrides, layers)` (the packaged demo config,
-the grid's layers, the attack and defense configs, then evaluate_base=false, then name=<grid name>, the grid's and the block's
-overrides, attack.poison_rate, train.seed and attack.seed, then the variant's parameters),
+A run's config is `variant_config(defense, attack, overrides, layers)` (the packaged demo
+config, the grid's layers, the attack and defense configs, then evaluate_base=false, then
+name=<grid name>, the grid's and the block's overrides, attack.poison_rate, train.seed and
+attack.seed, then the variant's parameters),
 named <grid name>/<variant slug> so each variant runs in its own directory. The blocks are
 expanded, de-duplicated by config hash and sorted by it; shard i of n holds the runs at
 positions p with p % n == i of that list, whatever is stored already, so shards on several

@@ -77,8 +77,6 @@ def evaluate(
     if (demonstration is not None) != (config.shots == 1):
         raise ValueError(f"eval.shots={config.shots} needs {config.shots} demonstration(s), got "
                          f"{'one' if demonstration is not None else 'none'}")
-    if demonstration is not None:
-        model.check_multi_image()
     test = list(test)
     features = features if features is not None else FeatureCache(model)
 
