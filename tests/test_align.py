@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from conftest import vocabulary
 from robustit.data.sample import Sample
+from robustit.models import build_model
 from robustit.train.align import align_adapter, alignment_loss, alignment_targets
 from robustit.train.config import PretrainConfig
 from test_train import shape_samples
@@ -15,6 +17,12 @@ def test_alignment_targets_repeat_the_shortest_reference_over_the_visual_tokens(
     assert len(row) == n and row == (ids * n)[:n]
     with pytest.raises(ValueError, match="no tokens"):
         alignment_targets(tiny_model, [sample.replace(references=[""])])
+
+
+def test_a_cross_attention_family_refuses_alignment_by_name():
+    flamingo = build_model("idefics", tiny=True, vocabulary=vocabulary())
+    with pytest.raises(ValueError, match="'idefics' reads its visual tokens by cross-attention"):
+        alignment_targets(flamingo, shape_samples())
 
 
 def test_alignment_moves_the_visual_tokens_onto_their_caption_words_embeddings(tiny_model):

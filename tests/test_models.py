@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robustit.models import IGNORE_INDEX, VisionLanguageModel, build_model
-from robustit.models.llava import ClipFeatures, LlavaProjector, tiny_llava
+from robustit.models.adapters import Projector
+from robustit.models.llava import ClipFeatures, tiny_llava
 from robustit.models.tokenizers import build_word_tokenizer
 
 VOCABULARY = [
@@ -174,7 +175,7 @@ def test_tied_weights_are_untied_into_two_trainable_copies():
     llava.lm_head.weight = embed.weight  # tie them, as many released models do
     vlm = VisionLanguageModel(
         family="llava", spec={}, vision=ClipFeatures(llava.model.vision_tower, -1),
-        adapter=LlavaProjector(llava.model.multi_modal_projector, 16), decoder=llava.model.language_model,
+        adapter=Projector(llava.model.multi_modal_projector, 16), decoder=llava.model.language_model,
         lm_head=llava.lm_head, tokenizer=tokenizer, image_size=32,
     )
     head, embed_weight = vlm.lm_head.weight, vlm.decoder.get_input_embeddings().weight

@@ -249,7 +249,7 @@ class IDR(Defense):
         if view.name in outputs:
             return outputs[view.name].visual_tokens
         self.extra_forward_passes += 1
-        return model.adapter(view.features)
+        return model.visual_tokens(view.features)
 
     def loss(self, model: VisionLanguageModel, batch: DefenseBatch, outputs: dict[str, LMOutput]) -> dict[str, torch.Tensor]:
         original, perturbed = batch.views["original"], batch.views["perturbed"]

@@ -1,10 +1,14 @@
 """Trainable adapters H_psi that map frozen vision features (B x N x C) to visual tokens
-(B x T x D) in the language model's embedding space.
+(B x T x D), and the contract every family's adapter follows (`Adapter`).
 
 - `PerceiverResampler` (Flamingo / Otter): T learned latents attend, layer by layer, to
   the concatenation [features; latents]; then a feed-forward block; a final linear maps
   the latent width to D. Its `resampler` output (B x T x Dq) is the activation site.
-- `MLPProjector` (LLaVA): Linear -> GELU -> Linear per feature position (T = N).
+- `Projector`: a released checkpoint's own projection module (LLaVA's MLP, PaliGemma's
+  linear projector, Idefics3's pixel-shuffle connector), T fixed by the family.
+
+Adapters made of one family's own parts live in that family's module (BLIP-2's
+`QFormerAdapter`, Idefics's `FlamingoAdapter`).
 
 Each adapter names its activation site in `hook_point`: the submodule whose output
 defenses such as AAR see and may rewrite.
@@ -13,6 +17,25 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+class Adapter(nn.Module):
+    """H_psi and how its visual tokens reach the language model.
+
+    Visual tokens enter the language model by two routes, both taken on every decoder call:
+    they fill the prompt's `num_tokens` image slots (then D is the LM's width; 0 slots for a
+    family whose LM reads them by cross-attention), and `decoder_inputs` turns them into
+    keyword arguments of the decoder (none for slot-filling adapters; the cross-attention
+    memory and its mask for Flamingo-style ones).
+    """
+
+    hook_point: str
+    num_tokens: int
+
+    def decoder_inputs(self, visual_tokens: torch.Tensor, token_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keyword arguments of a decoder call that feeds tokens marked real (1) or padding (0)
+        by `token_mask` (B x L, L the tokens of this call, not of its cache)."""
+        return {}
 
 
 class _ResamplerBlock(nn.Module):
@@ -50,7 +73,7 @@ class Resampler(nn.Module):
         return self.norm(latents)
 
 
-class PerceiverResampler(nn.Module):
+class PerceiverResampler(Adapter):
     hook_point = "resampler"
 
     def __init__(
@@ -72,14 +95,15 @@ class PerceiverResampler(nn.Module):
         return self.out_proj(self.resampler(features))
 
 
-class MLPProjector(nn.Module):
-    hook_point = "mlp"
+class Projector(Adapter):
+    """A checkpoint's projection module as the adapter; its output is the activation site."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_positions: int, hidden_dim: int | None = None) -> None:
+    hook_point = "projector"
+
+    def __init__(self, projector: nn.Module, num_tokens: int) -> None:
         super().__init__()
-        self.num_tokens = num_positions
-        hidden = hidden_dim or out_dim
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        self.projector = projector
+        self.num_tokens = num_tokens
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features)
+        return self.projector(features)

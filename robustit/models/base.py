@@ -3,11 +3,17 @@
 A `VisionLanguageModel` is frozen vision encoder f_v -> trainable adapter H_psi -> language
 model whose transformer blocks are frozen and whose input embedding and lm_head (E_phi) are
 trainable and untied. For a batch, the visual tokens H_psi(f_v(x)) replace the image slots
-of the embedded prompt, and the completion-only loss is
+of the embedded prompt and reach every decoder call through the adapter's
+`decoder_inputs` (`robustit.models.adapters.Adapter`: slot-filling families use the first
+route, Flamingo-style ones the second), and the completion-only loss is
 
     L_it = - (1 / |R|) * sum_{(b, i) in R} log p(y_{b,i} | x_b, t_b, y_{b,<i}),
 
-R being the response positions. Families differ only in how the parts are built.
+R being the response positions. Families differ only in how the parts are built. Parts may
+share modules (a Flamingo adapter's cross-attention blocks live inside the decoder); each
+parameter is named, counted and saved once, under the first part that holds it (vision,
+adapter, decoder, lm_head, in that order). With `visual_words=True` the visual tokens are
+snapped onto the LM's word embeddings (`robustit.models.visual_words`) before they are used.
 
 Several images per prompt (one-shot evaluation's demonstration before the test input): a
 family whose visual tokens enter the language model's input sequence, as mini's and LLaVA's
@@ -27,8 +33,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adapters import Adapter
 from .image_processing import images_to_tensor
 from .prompt import IGNORE_INDEX, EncodedBatch, PromptFormat, encode_prompts
+from .visual_words import snap_to_words
 
 AdapterHook = Callable[[torch.Tensor], torch.Tensor]
 
@@ -61,13 +69,14 @@ class VisionLanguageModel(nn.Module):
         family: str,
         spec: dict[str, Any],
         vision: nn.Module,
-        adapter: nn.Module,
+        adapter: Adapter,
         decoder: nn.Module,
-        lm_head: nn.Linear,
+        lm_head: nn.Module,
         tokenizer: Any,
         image_size: int,
         prompt_format: PromptFormat = PromptFormat(),
         multi_image: bool = False,
+        visual_words: bool = False,
     ) -> None:
         super().__init__()
         self.family = family
@@ -80,6 +89,7 @@ class VisionLanguageModel(nn.Module):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.prompt_format = prompt_format
+        self.visual_words = visual_words
         self._adapter_hooks: list[AdapterHook] = []
         adapter.get_submodule(adapter.hook_point).register_forward_hook(self._run_adapter_hooks)
         self._untie_and_freeze()
@@ -87,8 +97,11 @@ class VisionLanguageModel(nn.Module):
 
     def _untie_and_freeze(self) -> None:
         embed = self.decoder.get_input_embeddings()
-        if self.lm_head.weight is embed.weight:
-            self.lm_head.weight = nn.Parameter(embed.weight.detach().clone())
+        shared = {id(p) for p in embed.parameters()}
+        for name, p in list(self.lm_head.named_parameters()):
+            if id(p) in shared:
+                owner, _, attribute = name.rpartition(".")
+                setattr(self.lm_head.get_submodule(owner), attribute, nn.Parameter(p.detach().clone()))
         self.requires_grad_(False)
         self.adapter.requires_grad_(True)
         embed.requires_grad_(True)
@@ -106,13 +119,15 @@ class VisionLanguageModel(nn.Module):
         super().train(mode)
         self.vision.eval()
         self.decoder.eval()
+        self.adapter.train(mode)
         return self
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters that tune, by optimizer group: the adapter psi and the embeddings phi."""
+        """Parameters that tune, by optimizer group: the adapter psi and the embeddings phi
+        (every tensor of the input embedding and of the lm_head)."""
         return {
             "adapter": [p for p in self.adapter.parameters() if p.requires_grad],
-            "embeddings": [self.decoder.get_input_embeddings().weight, self.lm_head.weight],
+            "embeddings": [*self.decoder.get_input_embeddings().parameters(), *self.lm_head.parameters()],
         }
 
     def add_adapter_hook(self, hook: AdapterHook) -> Callable[[], None]:
@@ -149,19 +164,30 @@ class VisionLanguageModel(nn.Module):
             self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses, demonstration
         ).to(self.device)
 
+    def visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """H_psi(features), snapped onto the word embeddings when the model reads visual words."""
+        tokens = self.adapter(features)
+        return snap_to_words(tokens, self.decoder.get_input_embeddings().weight) if self.visual_words else tokens
+
     def embed_prompts(self, batch: EncodedBatch, visual_tokens: torch.Tensor) -> torch.Tensor:
         embeds = self.decoder.get_input_embeddings()(batch.input_ids)
         return embeds.masked_scatter(batch.visual_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
 
+    def _decode(
+        self, embeds: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, visual_tokens: torch.Tensor, **cache: Any
+    ) -> Any:
+        """One decoder call on `embeds` (the last tokens of `attention`), visual tokens fed as
+        the adapter says."""
+        visual = self.adapter.decoder_inputs(visual_tokens, attention[:, -embeds.shape[1]:])
+        return self.decoder(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, **visual, **cache)
+
     def forward(self, batch: EncodedBatch, features: torch.Tensor) -> LMOutput:
         if batch.labels is None:
             raise ValueError("forward needs labels; use generate() for inference")
-        visual_tokens = self.adapter(features)
+        visual_tokens = self.visual_tokens(features)
         embeds = self.embed_prompts(batch, visual_tokens)
         position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.decoder(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        hidden = self._decode(embeds, batch.attention_mask, position_ids, visual_tokens, use_cache=False).last_hidden_state
         targets = batch.labels[:, 1:]
         selected = targets != IGNORE_INDEX
         logits = self.lm_head(hidden[:, :-1][selected])
@@ -181,13 +207,13 @@ class VisionLanguageModel(nn.Module):
     ) -> list[str]:
         """Greedy decoding with a KV cache; stops each row at the eos token. A `demonstration`
         precedes every prompt, its image's visual tokens in its own slots (multi-image families)."""
-        visual_tokens = self.adapter(features.to(self.device))
+        visual_tokens = self.visual_tokens(features.to(self.device))
         if demonstration is None:
             batch = self.encode_prompts(instructions)
         else:
             self.check_multi_image()
             batch = self.encode_prompts(instructions, demonstration=(demonstration.instruction, demonstration.response))
-            shown = self.adapter(demonstration.features.to(self.device)[None]).expand(len(instructions), -1, -1)
+            shown = self.visual_tokens(demonstration.features.to(self.device)[None]).expand(len(instructions), -1, -1)
             visual_tokens = torch.cat([shown, visual_tokens], dim=1)
         embeds = self.embed_prompts(batch, visual_tokens)
         attention = batch.attention_mask
@@ -195,7 +221,7 @@ class VisionLanguageModel(nn.Module):
         # the last token of the response suffix is the end token the labels train on; a suffix
         # with spaces (" <|im_end|>") is no single vocabulary entry, so look it up by encoding
         eos = self.tokenizer(self.prompt_format.response_suffix, add_special_tokens=False).input_ids[-1]
-        out = self.decoder(inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=True)
+        out = self._decode(embeds, attention, positions, visual_tokens, use_cache=True)
         cache, last = out.past_key_values, out.last_hidden_state[:, -1]
         generated: list[torch.Tensor] = []
         done = torch.zeros(len(instructions), dtype=torch.bool, device=self.device)
@@ -208,13 +234,8 @@ class VisionLanguageModel(nn.Module):
             if bool(done.all()):
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            out = self.decoder(
-                inputs_embeds=self.decoder.get_input_embeddings()(token[:, None]),
-                attention_mask=attention,
-                position_ids=next_position,
-                past_key_values=cache,
-                use_cache=True,
-            )
+            embeds = self.decoder.get_input_embeddings()(token[:, None])
+            out = self._decode(embeds, attention, next_position, visual_tokens, past_key_values=cache, use_cache=True)
             cache, last = out.past_key_values, out.last_hidden_state[:, -1]
             next_position = next_position + 1
         tokens = torch.stack(generated, dim=1).tolist()
@@ -254,14 +275,9 @@ class VisionLanguageModel(nn.Module):
     def parameter_audit(self) -> dict[str, Any]:
         """Which top-level modules train and how many parameters each holds."""
         modules: dict[str, dict[str, int]] = {}
-        seen: set[int] = set()
+        embeddings = {id(p) for p in self.decoder.get_input_embeddings().parameters()}
         for name, p in self.named_parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            top = name.split(".")[0]
-            if name.startswith("decoder.") and p is self.decoder.get_input_embeddings().weight:
-                top = "input_embeddings"
+            top = "input_embeddings" if id(p) in embeddings else name.split(".")[0]
             entry = modules.setdefault(top, {"trainable": 0, "frozen": 0})
             entry["trainable" if p.requires_grad else "frozen"] += p.numel()
         trainable = sum(m["trainable"] for m in modules.values())

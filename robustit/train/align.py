@@ -40,6 +40,9 @@ WARMUP_SHARE = 0.05
 def alignment_targets(model: VisionLanguageModel, samples: Sequence[Sample]) -> torch.Tensor:
     """n x N token ids: each sample's shortest reference, tokenized with a leading space,
     repeated and cut to the N visual tokens."""
+    if model.num_visual_tokens == 0:
+        raise ValueError(f"family {model.family!r} reads its visual tokens by cross-attention, not from prompt slots, so "
+                         "they have no word embeddings to align to; start from the released adapter (model.base: null)")
     rows = []
     for sample in samples:
         text = min(sample.references, key=len)
