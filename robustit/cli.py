@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from robustit.atomic import write_atomic
 from robustit.config import load_config, packaged_config
 from robustit.report import detection_line, markdown_table, summary_row
 from robustit.rundir import RunDirectory
@@ -197,7 +198,7 @@ def _activations(args: argparse.Namespace) -> int:
     labels = [label for label, _ in labelled]
     stats = {label: peak_statistics(a) for label, a in zip(labels, activations)}
     png = figure(labels, activations, args.out)
-    args.out.with_suffix(".json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_atomic(args.out.with_suffix(".json"), json.dumps(stats, indent=2) + "\n")
     for label, s in stats.items():
         print(f"{label}: peak/median {s['peak_ratio']:.2f}, top-1% share {100 * s['top1pct_share']:.2f}%, mean {s['mean']:.4f}")
     print(f"figure: {png}")
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             return _scan(args)
         print(RunDirectory(args.run_dir).write_report())
         return 0
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (ValueError, KeyError, OSError, ModuleNotFoundError) as error:
         print(f"robustit: error: {error}", file=sys.stderr)
         return 2
 

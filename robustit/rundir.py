@@ -15,24 +15,25 @@
     ranking.csv, scores.png          `robustit scan`: samples most suspicious first, score histogram
     reevaluated/<slug>/              re-evaluations, each a run directory of its own
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-killed run never leaves a truncated file behind.
+Every file is written to a temporary name in the same folder and renamed into place
+(`robustit.atomic`), so a killed run never leaves a truncated file behind, and a failed write
+names its path and leaves the earlier file as it was.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import yaml
-from safetensors.torch import load_file, save_file
 
+from robustit.atomic import write_atomic
 from robustit.defenses.base import Flag
+from robustit.tensors import load_tensors, save_tensors
 
 if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
@@ -40,19 +41,6 @@ if TYPE_CHECKING:
     from robustit.models.base import VisionLanguageModel
 
 CONDITIONS = ("base_clean", "clean", "full", "image_only", "text_only")
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _json(value: Any) -> str:
@@ -142,7 +130,7 @@ class RunDirectory:
         model.save_trainable(directory)
         state = defense.state_dict() if defense is not None else {}
         if state:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "defense.safetensors"))
+            save_tensors(directory / "defense.safetensors", state)
         return directory
 
     def load_checkpoint(self, model: VisionLanguageModel, defense: Defense | None = None) -> None:
@@ -153,7 +141,7 @@ class RunDirectory:
         model.load_trainable(directory, strict=False)
         state = directory / "defense.safetensors"
         if defense is not None and state.is_file():
-            defense.load_state_dict(load_file(str(state)))
+            defense.load_state_dict(load_tensors(state)[0])
 
     def save_audit(self, audit: dict[str, Any]) -> Path:
         return write_atomic(self.path / "audit.json", _json(audit))

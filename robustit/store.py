@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from robustit.rundir import write_atomic
+from robustit.atomic import write_atomic
 
 if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
