@@ -1,7 +1,8 @@
 """The `robustit` command.
 
     robustit [--import MODULE] COMMAND ...                    MODULE: your own attacks, defenses, model families
-    robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
+    robustit run [--config FILE] [--set key.sub=value ...] [--skip-bad]
+                                                             one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and BYORn side by side
     robustit report RUN_DIR                                  re-render a run's report.md
     robustit scan --out DIR [--config FILE] [--set ...] [--score S] [--threshold T]
@@ -22,6 +23,7 @@
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
 (--store, default results/); `evaluate`, `scan` and `bench overhead` write no record.
+`--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
 """
 from __future__ import annotations
 
@@ -250,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, demo, bench, base, scan):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
+        p.add_argument("--skip-bad", dest="overrides", action="append_const", const="data.skip_bad=true",
+                       help="leave bad data records out, each counted in metrics.json, instead of stopping at the "
+                            "first (the same as --set data.skip_bad=true)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
     for p in (run, demo, bench):
         p.add_argument("--store", type=Path, default=Path(DEFAULT_STORE),

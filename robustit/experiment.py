@@ -28,6 +28,7 @@ import torch
 from robustit.attacks.base import Attack, build_attack
 from robustit.attacks.dataset import PoisonedDataset
 from robustit.config import ExperimentConfig
+from robustit.data.errors import LoadReport
 from robustit.data.fingerprint import samples_fingerprint
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
@@ -78,6 +79,7 @@ class Experiment:
         self.tuned_from = tuned_from
         self.timings: dict[str, float] = {}
         self.base_dir: Path | None = None
+        self.load_reports: dict[str, LoadReport] = {}
         self._poisoned: list[Sample] | PoisonedDataset | None = None
 
     @classmethod
@@ -101,20 +103,43 @@ class Experiment:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
             log.info("%s: %.1f s", name, self.timings[name])
 
-    def _split(self, split: str, size: int | None) -> list[Sample]:
+    def _split(self, role: str, split: str, size: int | None) -> list[Sample]:
+        """The samples of `split` (bad records skipped into `load_reports[role]` under
+        data.skip_bad), subsampled to `size`; a ValueError if none are left."""
         data = self.config.data
-        return subsample(load_split(data.source, split, data.options), size, data.seed)
+        report = self.load_reports.setdefault(role, LoadReport())
+        samples = subsample(load_split(data.source, split, data.options, data.skip_bad, report), size, data.seed)
+        if not samples:
+            skipped = f" ({report.skipped_count} bad records skipped)" if report.skipped else ""
+            raise ValueError(f"data.{role}_split {split!r} of data source {data.source!r} holds no samples{skipped}")
+        return samples
 
     @cached_property
     def train_samples(self) -> list[Sample]:
         with self.stage("data"):
-            return self._split(self.config.data.train_split, self.config.data.train_size)
+            return self._split("train", self.config.data.train_split, self.config.data.train_size)
 
     @cached_property
     def test_samples(self) -> list[Sample]:
         """The test split capped at `data.test_size` samples (the one cap on the test set)."""
         with self.stage("data"):
-            return self._split(self.config.data.test_split, self.config.data.test_size)
+            return self._split("test", self.config.data.test_split, self.config.data.test_size)
+
+    def check(self) -> None:
+        """Everything that can fail before the model is built, at once: both splits load
+        (each bad record an error naming its file, record and field, or skipped under
+        data.skip_bad), neither is empty, and an attack with a poison rate above 0 poisons
+        some but not all of the training samples (a rate of 0 is the clean control: tuned on
+        clean data, evaluated with the attack's triggers)."""
+        n_train, n_test = len(self.train_samples), len(self.test_samples)
+        log.info("data: %d training and %d test samples", n_train, n_test)
+        rate = self.config.attack.poison_rate if self.config.attack is not None else 0
+        if rate > 0:
+            poisoned = len(self.attack.select_indices(n_train))
+            if poisoned in (0, n_train):
+                raise ValueError(f"attack.poison_rate {rate} of {n_train} training samples poisons {poisoned} of them "
+                                 f"(round({rate} x {n_train})): choose a rate or a training set that poisons some "
+                                 f"but not all")
 
     @cached_property
     def model(self) -> VisionLanguageModel:
@@ -201,6 +226,7 @@ class Experiment:
         torch.manual_seed(config.train.seed)
         run_dir = RunDirectory(config.run_dir())
         run_dir.clear()
+        self.check()
         run_dir.save_config(config)
         inputs = self.inputs()
         run_dir.save_inputs(inputs)
@@ -213,6 +239,7 @@ class Experiment:
             "defense": self.defense.describe() if self.defense is not None else None,
             "n_train": len(poisoned),
             "n_test": len(self.test_samples),
+            "data": {role: report.as_dict() for role, report in self.load_reports.items()},
         }
         records: dict[str, list[dict[str, Any]]] = {}
         if config.evaluate_base:

@@ -78,6 +78,7 @@ def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> 
         "detector": detector.describe(),
         "forward_passes": detector.extra_forward_passes,
         "detection": detection_of(out),
+        "data": {role: report.as_dict() for role, report in experiment.load_reports.items()},
         "timings": dict(experiment.timings),
     }
     out.save_metrics(metrics)

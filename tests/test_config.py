@@ -53,7 +53,8 @@ def test_config_hash_ignores_labels_and_follows_every_setting_and_declared_defau
     from robustit.defenses.aar import AAR
 
     base = load_config(None, ["defense.name=aar"])
-    same = load_config(None, ["defense.name=aar", "name=other", "output_dir=elsewhere/{name}", "evaluate_base=false"])
+    same = load_config(None, ["defense.name=aar", "name=other", "output_dir=elsewhere/{name}", "evaluate_base=false",
+                              "data.skip_bad=true"])
     assert same.config_hash() == base.config_hash()
     assert load_config(None, ["defense.name=aar", "defense.params.gamma=0.5"]).config_hash() == base.config_hash()
     assert load_config(None, ["defense.name=aar", "train.max_steps=7"]).config_hash() != base.config_hash()

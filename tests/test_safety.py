@@ -1,6 +1,17 @@
-"""Nothing robustit reads executes code: no pickle anywhere in the package."""
+"""Nothing robustit reads executes code: no pickle anywhere in the package, and a run directory
+from someone else is re-evaluated from plain data, safetensors and images only."""
 import ast
+import pickle
 from pathlib import Path
+
+import pytest
+import torch
+
+from test_experiment import tiny_overrides
+from robustit.config import load_config
+from robustit.experiment import Experiment
+from robustit.rundir import RunDirectory
+from robustit.tensors import save_tensors
 
 PACKAGE = Path(__file__).parents[1] / "robustit"
 UNPICKLING_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
@@ -61,3 +72,41 @@ yaml.load(text, Loader=yaml.SafeLoader)
 """
     assert [line for line, _ in pickle_uses(ast.parse(source))] == [2, 3, 4, 5, 6, 7, 8, 9, 10]
 
+
+class Payload:
+    """Unpickling this creates the file `marker`: proof that something executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def someone_elses_run(karpathy, tmp_path) -> RunDirectory:
+    """A run directory as a stranger could hand it over: a config, a checkpoint and a
+    defense state, each of which the tests replace with something that would run code."""
+    config = load_config(None, [*tiny_overrides(karpathy, tmp_path), "defense.name=aar"])
+    run_dir = RunDirectory(tmp_path / "theirs")
+    run_dir.save_config(config)
+    model = Experiment(config, progress=False).model
+    model.save_trainable(run_dir.checkpoint_dir())
+    save_tensors(run_dir.checkpoint_dir() / "defense.safetensors", {"importance": torch.zeros(4), "mask": torch.ones(4)})
+    return run_dir
+
+
+@pytest.mark.parametrize("planted, problem", [
+    ("config.yaml", "could not determine a constructor"),
+    ("checkpoint/trainable.safetensors", "not a readable safetensors file"),
+    ("checkpoint/defense.safetensors", "not a readable safetensors file"),
+])
+def test_reevaluating_someone_elses_run_executes_nothing_from_it(karpathy, tmp_path, planted, problem, one_thread):
+    run_dir = someone_elses_run(karpathy, tmp_path)
+    marker = tmp_path / "executed"
+    if planted == "config.yaml":
+        (run_dir / planted).write_text(f"!!python/object/apply:builtins.open [{str(marker)!r}, w]\n")
+    else:
+        (run_dir / planted).write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(ValueError, match=problem):
+        Experiment.from_run(run_dir, progress=False).model
+    assert not marker.exists()

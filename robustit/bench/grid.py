@@ -134,9 +134,9 @@ def _block(where: str, raw: Any) -> Block:
     rates = raw.get("poison_rates")
     if rates is not None and not (
         isinstance(rates, list) and rates
-        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in rates)
+        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1 for r in rates)
     ):
-        raise ValueError(f"{where}.poison_rates: expected a non-empty list of numbers in [0, 1], got {rates!r}")
+        raise ValueError(f"{where}.poison_rates: expected a non-empty list of numbers in [0, 1), got {rates!r}")
     seeds = raw.get("seeds")
     if seeds is not None and not (
         isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)

@@ -58,7 +58,7 @@ import torch
 from PIL import Image
 
 from robustit.data.sample import Sample
-from robustit.params import resolve_params
+from robustit.params import FieldError, resolve_params
 from robustit.registry import Registry
 
 if TYPE_CHECKING:
@@ -75,9 +75,9 @@ class DefenseConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"defense name must be a non-empty string, got {self.name!r}")
+            raise FieldError("name", f"must be a non-empty string, got {self.name!r}")
         if not isinstance(self.params, dict):
-            raise ValueError(f"defense params must be a dict, got {type(self.params).__name__}")
+            raise FieldError("params", f"must be a dict, got {type(self.params).__name__}")
 
 
 def strip_poison_info(sample: Sample) -> Sample:

@@ -26,6 +26,7 @@ from robustit.eval.generate import generate_responses
 from robustit.eval.objects import object_accuracy
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
+from robustit.params import check_int
 
 TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
 
@@ -36,6 +37,10 @@ class EvalConfig:
 
     batch_size: int = 32
     max_new_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        check_int(None, "batch_size", self.batch_size, 1)
+        check_int(None, "max_new_tokens", self.max_new_tokens, 1)
 
 
 def evaluate(
