@@ -142,6 +142,25 @@ def _without(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def value_at(config: dict[str, Any], key: str) -> Any:
+    """The value at dotted `key` of a config dict ("attack.name"); None where a step of the
+    path is missing or null."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [k for key in sorted(set(before) | set(after))
+                for k in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
+    return [] if before == after else [prefix[:-1]]
+
+
 class ConfigError(ValueError):
     """A bad setting: the message names where it came from (a YAML file, a `--set` override
     or the defaults), its dotted key and what is wrong."""

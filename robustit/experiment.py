@@ -27,7 +27,7 @@ import torch
 
 from robustit.attacks.base import Attack, build_attack
 from robustit.attacks.dataset import PoisonedDataset
-from robustit.config import ExperimentConfig
+from robustit.config import ExperimentConfig, changed_keys
 from robustit.data.errors import LoadReport
 from robustit.data.fingerprint import samples_fingerprint
 from robustit.data.sample import Sample
@@ -56,14 +56,6 @@ def subsample(samples: list[Sample], size: int | None, seed: int) -> list[Sample
         return samples
     keep = sorted(random.Random(f"subsample:{seed}").sample(range(len(samples)), size))
     return [samples[i] for i in keep]
-
-
-def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [k for key in sorted(set(before) | set(after))
-                for k in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
-    return [] if before == after else [prefix[:-1]]
 
 
 class Experiment:
@@ -221,47 +213,48 @@ class Experiment:
 
     def run(self, store: ResultStore | None = None) -> RunDirectory:
         """The whole experiment into its run directory (`config.run_dir()`), recorded in
-        `store` when given; returns the run directory."""
+        `store` when given; returns the run directory, claimed first (`RunDirectory.claimed`:
+        not another config's, not in use)."""
         config = self.config
-        torch.manual_seed(config.train.seed)
         run_dir = RunDirectory(config.run_dir())
-        run_dir.clear()
-        self.check()
-        run_dir.save_config(config)
-        inputs = self.inputs()
-        run_dir.save_inputs(inputs)
-        poisoned = self.poison()
-        if isinstance(poisoned, PoisonedDataset):
-            self.attack.save_trigger_files(run_dir.trigger_dir)
-            run_dir.save_manifest(poisoned.manifest())
-        metrics: dict[str, Any] = {
-            "name": config.name,
-            "defense": self.defense.describe() if self.defense is not None else None,
-            "n_train": len(poisoned),
-            "n_test": len(self.test_samples),
-            "data": {role: report.as_dict() for role, report in self.load_reports.items()},
-        }
-        records: dict[str, list[dict[str, Any]]] = {}
-        if config.evaluate_base:
-            metrics["base"], base_records = self.evaluate(defended=False)
-            records["base_clean"] = base_records["clean"]
-        result = self.tune(run_dir)
-        metrics["train"] = result.summary()
-        detection = detection_of(run_dir)
-        if detection is not None:
-            metrics["detection"] = detection
-        tuned_metrics, tuned_records = self.evaluate()
-        metrics.update(tuned_metrics)
-        records.update(tuned_records)
-        metrics["timings"] = dict(self.timings)
-        run_dir.save_losses(result.losses, result.loss_terms)
-        run_dir.save_predictions(records)
-        run_dir.save_metrics(metrics)
-        run_dir.write_report()
-        if store is not None:
-            from robustit.store import make_record
+        with run_dir.claimed(config):
+            torch.manual_seed(config.train.seed)
+            self.check()
+            run_dir.save_config(config)
+            inputs = self.inputs()
+            run_dir.save_inputs(inputs)
+            poisoned = self.poison()
+            if isinstance(poisoned, PoisonedDataset):
+                self.attack.save_trigger_files(run_dir.trigger_dir)
+                run_dir.save_manifest(poisoned.manifest())
+            metrics: dict[str, Any] = {
+                "name": config.name,
+                "defense": self.defense.describe() if self.defense is not None else None,
+                "n_train": len(poisoned),
+                "n_test": len(self.test_samples),
+                "data": {role: report.as_dict() for role, report in self.load_reports.items()},
+            }
+            records: dict[str, list[dict[str, Any]]] = {}
+            if config.evaluate_base:
+                metrics["base"], base_records = self.evaluate(defended=False)
+                records["base_clean"] = base_records["clean"]
+            result = self.tune(run_dir)
+            metrics["train"] = result.summary()
+            detection = detection_of(run_dir)
+            if detection is not None:
+                metrics["detection"] = detection
+            tuned_metrics, tuned_records = self.evaluate()
+            metrics.update(tuned_metrics)
+            records.update(tuned_records)
+            metrics["timings"] = dict(self.timings)
+            run_dir.save_losses(result.losses, result.loss_terms)
+            run_dir.save_predictions(records)
+            run_dir.save_metrics(metrics)
+            run_dir.write_report()
+            if store is not None:
+                from robustit.store import make_record
 
-            store.put(make_record(config, metrics, inputs))
+                store.put(make_record(config, metrics, inputs))
         return run_dir
 
     def reevaluate(self, out: RunDirectory) -> RunDirectory:

@@ -14,10 +14,13 @@
     report.md                        rendered from the files above
     ranking.csv, scores.png          `robustit scan`: samples most suspicious first, score histogram
     reevaluated/<slug>/              re-evaluations, each a run directory of its own
+    run.lock                         held while a process writes the run (`robustit.lock`)
 
 Every file is written to a temporary name in the same folder and renamed into place
 (`robustit.atomic`), so a killed run never leaves a truncated file behind, and a failed write
-names its path and leaves the earlier file as it was.
+names its path and leaves the earlier file as it was. A run claims its folder first
+(`claimed`): a folder holding another config's run, files that are no run, or a live run is
+refused, so two runs never share one.
 """
 from __future__ import annotations
 
@@ -25,14 +28,16 @@ import csv
 import io
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import yaml
 
 from robustit.atomic import write_atomic
 from robustit.defenses.base import Flag
+from robustit.lock import locked
 from robustit.tensors import load_tensors, save_tensors
 
 if TYPE_CHECKING:
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
     from robustit.models.base import VisionLanguageModel
 
 CONDITIONS = ("base_clean", "clean", "full", "image_only", "text_only")
+KEPT_ON_CLEAR = ("reevaluated", "run.lock")
 
 
 def _json(value: Any) -> str:
@@ -66,17 +72,49 @@ class RunDirectory:
         return str(self.path)
 
     def clear(self) -> None:
-        """Remove what an earlier run left here (everything but re-evaluations), so that a
-        rerun never mixes with it and is not complete before its metrics are written."""
+        """Remove what an earlier run left here (everything but re-evaluations and the lock),
+        so that a rerun never mixes with it and is not complete before its metrics are written."""
         if not self.path.is_dir():
             return
         for entry in self.path.iterdir():
-            if entry.name == "reevaluated":
+            if entry.name in KEPT_ON_CLEAR:
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+
+    @contextmanager
+    def claimed(self, config: ExperimentConfig) -> Iterator[None]:
+        """Hold this folder for a run of `config` for the block (run.lock), cleared first:
+        refused while another live process holds it, when it holds the run of a config with
+        another hash (the error names the settings that differ) and when it holds files but
+        no run."""
+        with locked(self.path / "run.lock"):
+            self._check_owner(config)
+            self.clear()
+            yield
+
+    def _check_owner(self, config: ExperimentConfig) -> None:
+        from robustit.config import changed_keys, value_at
+
+        entries = [e for e in self.path.iterdir() if e.name not in KEPT_ON_CLEAR and not e.name.startswith(".")]
+        if not entries:
+            return
+        hint = f"give this run a folder of its own (--set name=... or --set output_dir=...) or delete {self.path}"
+        if not (self.path / "config.yaml").is_file():
+            raise ValueError(f"{self.path} holds files that are not a robustit run ({entries[0].name}, ...); {hint}")
+        try:
+            saved = self.load_config()
+        except ValueError as error:
+            raise ValueError(f"{self.path} holds a run whose config.yaml does not load ({error}); {hint}") from None
+        if saved.config_hash() == config.config_hash():
+            return
+        there, here = saved.outcome(), config.outcome()
+        differences = "; ".join(f"{key}: {value_at(there, key)!r} there, {value_at(here, key)!r} here"
+                                for key in changed_keys(there, here)[:5])
+        raise ValueError(f"{self.path} holds the run of another config (name {saved.name!r}; {differences}) "
+                         f"than this one (name {config.name!r}); {hint}")
 
     def is_complete(self) -> bool:
         """Whether the run finished (metrics.json is written last)."""
