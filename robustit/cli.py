@@ -1,7 +1,7 @@
 """The `robustit` command.
 
     robustit [--import MODULE] COMMAND ...                    MODULE: your own attacks, defenses, model families
-    robustit run [--config FILE] [--set key.sub=value ...] [--skip-bad]
+    robustit run [--config FILE] [--set key.sub=value ...] [--skip-bad] [--resume]
                                                              one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and BYORn side by side
     robustit report RUN_DIR                                  re-render a run's report.md
@@ -23,6 +23,7 @@
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
 (--store, default results/); `evaluate`, `scan` and `bench overhead` write no record.
+`--resume` (run, demo, bench grid) goes on with a killed run from its last checkpoint;
 `--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     from robustit.experiment import Experiment
 
     config = load_config(args.config, args.overrides)
-    _print_runs([(config.name, Experiment(config).run(_store(args)))])
+    _print_runs([(config.name, Experiment(config).run(_store(args), args.resume))])
     return 0
 
 
@@ -97,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
     runs = []
     for label, config in configs:
         logging.getLogger("robustit").info("demo: %s", label)
-        runs.append((label, Experiment(config).run(_store(args))))
+        runs.append((label, Experiment(config).run(_store(args), args.resume)))
     _print_runs(runs)
     return 0
 
@@ -115,7 +116,7 @@ def _bench(args: argparse.Namespace) -> int:
         spec = load_grid(args.config)
         spec = dataclasses.replace(spec, overrides=(*spec.overrides, *args.overrides))
         if args.suite == "grid":
-            run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run)
+            run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run, resume=args.resume)
             return 0
         out = args.out or Path(f"runs/bench-{spec.name}/table.md")
         command = " ".join(["robustit bench table --config", str(args.config), *(f"--set {o}" for o in args.overrides),
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, demo, bench):
         p.add_argument("--store", type=Path, default=Path(DEFAULT_STORE),
                        help=f"the result store every finished run is recorded in (default {DEFAULT_STORE}/)")
+        p.add_argument("--resume", action="store_true",
+                       help="run, demo, bench grid: go on with a killed run of the same config from its run "
+                            "directory's last checkpoint (train.checkpoint_every), or record it if it finished")
     again = sub.add_parser("evaluate", help="evaluate a finished run again with changed test-time settings")
     again.add_argument("run_dir", type=Path)
     again.add_argument("--out", type=Path, help="where to write (default RUN_DIR/reevaluated/<settings>)")

@@ -66,6 +66,10 @@ class DataConfig:
 # without changing what the tuned model does: left out of `config_hash` (dotted: a field of a
 # section).
 RESULT_NEUTRAL_FIELDS = ("name", "output_dir", "evaluate_base", "data.skip_bad")
+# Result-neutral fields that `config_hash` covered before it left such fields out: hashed at
+# their default whatever they are set to, so that the records stored under the old hashes stay
+# found (`--set train.checkpoint_every=25` resumes a grid against its stored records).
+HASHED_AT_DEFAULT = ("train.checkpoint_every",)
 OUTPUT_DIR_FIELDS = ("name", "attack", "poison_rate", "defense", "seed")
 
 
@@ -122,8 +126,14 @@ class ExperimentConfig:
         return out
 
     def outcome(self) -> dict[str, Any]:
-        """`resolved()` without `RESULT_NEUTRAL_FIELDS`: what decides the tuned model and its evaluation."""
-        return _without(self.resolved(), RESULT_NEUTRAL_FIELDS)
+        """`resolved()` without `RESULT_NEUTRAL_FIELDS` and with `HASHED_AT_DEFAULT` at their
+        defaults: what decides the tuned model and its evaluation."""
+        outcome = _without(self.resolved(), RESULT_NEUTRAL_FIELDS)
+        defaults = ExperimentConfig().to_dict()
+        for key in HASHED_AT_DEFAULT:
+            section, name = key.split(".")
+            outcome[section][name] = defaults[section][name]
+        return outcome
 
     def config_hash(self) -> str:
         """sha256 of `outcome()`: two configs with the same hash tune the same model and

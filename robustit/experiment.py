@@ -183,13 +183,15 @@ class Experiment:
                     self._poisoned = PoisonedDataset(train_samples, self.attack)
         return self._poisoned
 
-    def tune(self, run_dir: RunDirectory | None = None) -> TrainResult:
+    def tune(self, run_dir: RunDirectory | None = None, resume: bool = False) -> TrainResult:
         """Tune the model in place on the poisoned set under the defense; checkpoints and
-        the parameter audit go to `run_dir` when given (benchmarks that time tuning pass none)."""
+        the tuning's record go to `run_dir` when given (benchmarks that time tuning pass
+        none), and `resume` continues the tuning an earlier attempt left there."""
         dataset = self.poison()
         torch.manual_seed(self.config.train.seed)
         with self.stage("tuning"):
-            return train(self.model, dataset, self.config.train, run_dir, self.features, self.progress, self.defense)
+            return train(self.model, dataset, self.config.train, run_dir, self.features, self.progress, self.defense,
+                         resume)
 
     def evaluate(self, defended: bool = True) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
         """(metrics, predictions by condition) of the model as it is now on the test set,
@@ -211,17 +213,27 @@ class Experiment:
             "test_data": samples_fingerprint(self.test_samples),
         }
 
-    def run(self, store: ResultStore | None = None) -> RunDirectory:
+    def run(self, store: ResultStore | None = None, resume: bool = False) -> RunDirectory:
         """The whole experiment into its run directory (`config.run_dir()`), recorded in
-        `store` when given; returns the run directory, claimed first (`RunDirectory.claimed`:
-        not another config's, not in use)."""
+        `store` when given; returns the run directory. The directory is claimed first
+        (`RunDirectory.claimed`: not another config's, not in use). `resume` continues what
+        a killed attempt of the same config left there: a finished run is only recorded, a
+        tuning goes on from its last checkpoint (inputs that changed since are an error)."""
         config = self.config
         run_dir = RunDirectory(config.run_dir())
-        with run_dir.claimed(config):
+        with run_dir.claimed(config, resume):
+            if resume and run_dir.is_complete():
+                log.info("%s is complete; nothing to resume", run_dir)
+                self._record(store, run_dir.load_metrics(), run_dir.load_inputs())
+                return run_dir
             torch.manual_seed(config.train.seed)
             self.check()
             run_dir.save_config(config)
             inputs = self.inputs()
+            earlier = run_dir.load_inputs() if resume else {}
+            if earlier and earlier != inputs:
+                raise ValueError(f"{run_dir} was tuned from other inputs than this run has "
+                                 f"({changed_keys(earlier, inputs)} differ); run it again without --resume")
             run_dir.save_inputs(inputs)
             poisoned = self.poison()
             if isinstance(poisoned, PoisonedDataset):
@@ -238,7 +250,7 @@ class Experiment:
             if config.evaluate_base:
                 metrics["base"], base_records = self.evaluate(defended=False)
                 records["base_clean"] = base_records["clean"]
-            result = self.tune(run_dir)
+            result = self.tune(run_dir, resume)
             metrics["train"] = result.summary()
             detection = detection_of(run_dir)
             if detection is not None:
@@ -247,15 +259,17 @@ class Experiment:
             metrics.update(tuned_metrics)
             records.update(tuned_records)
             metrics["timings"] = dict(self.timings)
-            run_dir.save_losses(result.losses, result.loss_terms)
             run_dir.save_predictions(records)
             run_dir.save_metrics(metrics)
             run_dir.write_report()
-            if store is not None:
-                from robustit.store import make_record
-
-                store.put(make_record(config, metrics, inputs))
+            self._record(store, metrics, inputs)
         return run_dir
+
+    def _record(self, store: ResultStore | None, metrics: dict[str, Any], inputs: dict[str, str | None]) -> None:
+        if store is not None:
+            from robustit.store import make_record
+
+            store.put(make_record(self.config, metrics, inputs))
 
     def reevaluate(self, out: RunDirectory) -> RunDirectory:
         """Evaluate the tuned model of `tuned_from` again (test-time settings changed) into `out`."""

@@ -14,9 +14,9 @@ from robustit.experiment import Experiment
 from robustit.rundir import RunDirectory
 
 
-def claim(config):
+def claim(config, resume=False):
     run_dir = RunDirectory(config.run_dir())
-    with run_dir.claimed(config):
+    with run_dir.claimed(config, resume):
         return sorted(p.name for p in run_dir.path.iterdir())
 
 
@@ -33,10 +33,12 @@ def test_a_run_of_another_config_under_the_same_name_is_refused(karpathy, tmp_pa
     assert (first.run_dir() / "metrics.json").read_text() == "{}"
 
 
-def test_the_same_config_may_run_again_in_its_folder(karpathy, tmp_path):
+def test_the_same_config_may_run_again_in_its_folder_and_resume_there(karpathy, tmp_path):
     config = load_config(None, tiny_overrides(karpathy, tmp_path))
     RunDirectory(config.run_dir()).save_config(config)
+    (config.run_dir() / "checkpoint-2").mkdir()
     renamed = load_config(None, [*tiny_overrides(karpathy, tmp_path), "evaluate_base=false"])
+    assert claim(renamed, resume=True) == ["checkpoint-2", "config.yaml", "run.lock"]
     assert claim(renamed) == ["run.lock"]
 
 
