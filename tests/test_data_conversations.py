@@ -53,16 +53,19 @@ def test_the_split_fills_the_path_and_the_source_is_registered(llava_file):
 
 
 @pytest.mark.parametrize("record, problem", [
-    ({"id": "9", "conversations": []}, "missing or non-string 'image'"),
-    (llava_record("9", "coco/1.jpg", "Hi?"), "the conversation ends with a human turn"),
-    ({"id": "9", "image": "coco/1.jpg", "conversations": [{"from": "gpt", "value": "A."}]}, r"conversations\[0\] must be"),
-    (llava_record("9", "coco/1.jpg", "<image>", "A."), r"conversations\[0\] is empty"),
-    (llava_record("9", "coco/none.jpg", "Q?", "A."), "image file not found"),
+    ({"id": "9", "conversations": []}, "image: is missing"),
+    (llava_record("9", "coco/1.jpg", "Hi?"), "conversations: ends with a human turn"),
+    ({"id": "9", "image": "coco/1.jpg", "conversations": [{"from": "gpt", "value": "A."}]},
+     r"conversations\[0\]: must be \{'from': 'human'"),
+    (llava_record("9", "coco/1.jpg", "<image>", "A."), r"conversations\[0\]\.value: is empty"),
+    (llava_record("9", "coco/1.jpg", "Q?", 5), r"conversations\[1\]\.value: must be a string, got int 5"),
+    (llava_record("9", "coco/none.jpg", "Q?", "A."), "image: image file not found"),
+    (llava_record("1", "coco/2.jpg", "Q?", "A."), "id: duplicate id 'llava-1-0'"),
 ])
 def test_a_bad_llava_record_names_file_and_record_or_is_skipped(llava_file, record, problem):
     records = json.loads(llava_file.read_text()) + [record]
     llava_file.write_text(json.dumps(records))
-    with pytest.raises(DataError, match=rf"llava_train\.json, record 2 \(id '9'\): {problem}"):
+    with pytest.raises(DataError, match=rf"llava_train\.json, record 2 \(id '(9|1)'\), {problem}"):
         load_llava("train", llava_file, llava_file.parent / "images")
     report = LoadReport()
     assert len(load_llava("train", llava_file, llava_file.parent / "images", skip_bad=True, report=report)) == 3
@@ -100,12 +103,13 @@ def test_a_mimicit_answer_is_tuned_after_its_earlier_related_turns(mimic_file):
 
 
 @pytest.mark.parametrize("line, problem", [
-    ("{not json", "not valid JSON"),
-    (mimic_line("X", "Q?", " "), "empty 'answer'"),
-    (json.dumps({"id": "X", "instruction": "Q?", "answer": "A.", "image_ids": ["IMG_1", "IMG_2"]}), "exactly one image"),
-    (mimic_line("X", "Q?", "A.", ["NOPE"]), "rel_ins_ids names 'NOPE'"),
-    (mimic_line("LA_0", "Q?", "A."), "duplicate id 'LA_0'"),
-    (mimic_line("X", "Q?", "A.", image="IMG_9"), "image file not found"),
+    ("{not json", "not valid JSON: Expecting property name"),
+    (mimic_line("X", "Q?", " "), "answer: is empty"),
+    (json.dumps({"id": "X", "instruction": "Q?", "answer": "A.", "image_ids": ["IMG_1", "IMG_2"]}),
+     "image_ids: must list exactly one image id"),
+    (mimic_line("X", "Q?", "A.", ["NOPE"]), "rel_ins_ids: names 'NOPE'"),
+    (mimic_line("LA_0", "Q?", "A."), r"id: duplicate id 'mimicit-LA_0' \(first in line 1"),
+    (mimic_line("X", "Q?", "A.", image="IMG_9"), "image_ids: image file not found"),
 ])
 def test_a_bad_mimicit_line_names_file_and_line_or_is_skipped(mimic_file, line, problem):
     mimic_file.write_text(mimic_file.read_text() + line + "\n")

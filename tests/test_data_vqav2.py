@@ -69,13 +69,14 @@ def test_registered_as_a_data_source_and_limit_keeps_a_prefix(vqa_root):
 
 def test_a_question_without_annotation_names_the_file_and_question(tmp_path):
     write_vqav2(tmp_path, [{"image_id": 1, "question": "Why?", "question_id": 7}], [annotation(8, ["no"])])
-    with pytest.raises(DataError, match=r"annotations\.json, question 0 \(question_id 7\): no annotation"):
+    with pytest.raises(DataError, match=r"annotations\.json, question 0 \(question_id 7\), question_id: no annotation"):
         load_vqav2("val2014", tmp_path)
 
 
 @pytest.mark.parametrize("question, problem", [
-    ({"image_id": 1, "question_id": 1}, "missing or non-str 'question'"),
-    ({"image_id": 9, "question": "Why?", "question_id": 1}, "image file not found"),
+    ({"image_id": 1, "question_id": 1}, "question: must be a string, got NoneType None"),
+    ({"image_id": "1", "question": "Why?", "question_id": 1}, "image_id: must be an integer, got str '1'"),
+    ({"image_id": 9, "question": "Why?", "question_id": 1}, "image_id: image file not found"),
     ("not an object", "expected an object"),
 ])
 def test_bad_questions_raise_or_are_skipped_and_counted(tmp_path, question, problem):
@@ -91,7 +92,7 @@ def test_bad_questions_raise_or_are_skipped_and_counted(tmp_path, question, prob
 def test_a_bad_annotation_is_skipped_and_counted_under_skip_bad(tmp_path):
     write_vqav2(tmp_path, [{"image_id": 2, "question": "What?", "question_id": 2}],
                 [annotation(1, ["", " "]), annotation(2, ["b"])])
-    with pytest.raises(DataError, match=r"annotation 0 \(question_id 1\): no non-empty answer"):
+    with pytest.raises(DataError, match=r"annotation 0 \(question_id 1\), answers: no non-empty answer"):
         load_vqav2("val2014", tmp_path)
     report = LoadReport()
     assert len(load_vqav2("val2014", tmp_path, skip_bad=True, report=report)) == 1 and report.skipped_count == 1

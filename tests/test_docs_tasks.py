@@ -31,17 +31,17 @@ def commands() -> list[list[str]]:
 
 def write_data(data: Path) -> None:
     for split in ("train2014", "val2014"):
-        questions = [{"image_id": 1 + k % 2, "question": f"Question {k}?", "question_id": k} for k in range(4)]
-        write_vqav2(data / "vqav2", questions, [annotation(k, ["2"] * 9 + ["3"]) for k in range(4)], split)
+        questions = [{"image_id": 1 + k % 2, "question": f"Question {k}?", "question_id": k} for k in range(8)]
+        write_vqav2(data / "vqav2", questions, [annotation(k, ["2"] * 9 + ["3"]) for k in range(8)], split)
     (data / "coco").mkdir()
     write_karpathy(data / "coco").rename(data / "coco" / "dataset_coco.json")
     write_images(data / "llava" / "images", "a.jpg", "b.jpg")
     write_images(data / "mimicit" / "images", "IMG_1.jpg", "IMG_2.jpg")
     for split in ("train", "test"):
-        records = [llava_record(f"{split}{k}", "ab"[k % 2] + ".jpg", "<image>\nWhat is it?", "A red square.") for k in range(4)]
+        records = [llava_record(f"{split}{k}", "ab"[k % 2] + ".jpg", "<image>\nWhat is it?", "A red square.") for k in range(8)]
         (data / "llava" / f"llava_{split}.json").write_text(json.dumps(records))
         lines = [mimic_line(f"{split}{k}", "What colour?", "red", [f"{split}{k - 1}"] if k else [], f"IMG_{1 + k % 2}")
-                 for k in range(4)]
+                 for k in range(8)]
         (data / "mimicit" / f"mimicit_{split}.jsonl").write_text("\n".join(lines) + "\n")
 
 

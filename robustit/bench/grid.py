@@ -20,7 +20,8 @@ named <grid name>/<variant slug> so each variant runs in its own directory. The 
 expanded, de-duplicated by config hash and sorted by it; shard i of n holds the runs at
 positions p with p % n == i of that list, whatever is stored already, so shards on several
 machines partition the grid (combine their stores with `ResultStore.merge`). Runs whose
-config hash is in the store are skipped, so a killed grid resumes.
+config hash is in the store are skipped, so a killed grid resumes; with `resume` the run it
+was killed in goes on from its last checkpoint (`robustit bench grid --resume`).
 """
 from __future__ import annotations
 
@@ -137,9 +138,9 @@ def _block(where: str, raw: Any) -> Block:
     rates = raw.get("poison_rates")
     if rates is not None and not (
         isinstance(rates, list) and rates
-        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in rates)
+        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1 for r in rates)
     ):
-        raise ValueError(f"{where}.poison_rates: expected a non-empty list of numbers in [0, 1], got {rates!r}")
+        raise ValueError(f"{where}.poison_rates: expected a non-empty list of numbers in [0, 1), got {rates!r}")
     seeds = raw.get("seeds")
     if seeds is not None and not (
         isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
@@ -288,11 +289,11 @@ def describe_plan(runs: Sequence[GridRun], store: ResultStore, shard_of: tuple[i
     return "\n".join(lines)
 
 
-def default_runner(progress: bool = True) -> Runner:
+def default_runner(progress: bool = True, resume: bool = False) -> Runner:
     def run(config: ExperimentConfig, store: ResultStore) -> None:
         from robustit.experiment import Experiment
 
-        Experiment(config, progress).run(store=store)
+        Experiment(config, progress).run(store=store, resume=resume)
 
     return run
 
@@ -304,16 +305,18 @@ def run_grid(
     dry_run: bool = False,
     runner: Runner | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> list[GridRun]:
     """Run the runs of shard `shard_of` = (i, n) of the grid that the store lacks, each with
-    `runner(config, store)` (default: `Experiment(config, progress).run(store=store)`, which
-    stores the run's record); with `dry_run`, print the plan and run nothing. Returns the
+    `runner(config, store)` (default: `Experiment(config, progress).run(store=store,
+    resume=resume)`, which stores the run's record; `resume` continues a run killed mid-way
+    from its run directory); with `dry_run`, print the plan and run nothing. Returns the
     shard's runs as planned (`stored`: in the store before this call)."""
     runs = plan(spec, store, shard_of)
     if dry_run:
         print(describe_plan(runs, store, shard_of), flush=True)
         return runs
-    runner = runner or default_runner(progress)
+    runner = runner or default_runner(progress, resume)
     todo = [run for run in runs if not run.stored]
     log.info("grid %s, shard %d/%d: %d runs, %d stored, %d to run", spec.name, *shard_of, len(runs), len(runs) - len(todo), len(todo))
     for k, run in enumerate(todo, 1):

@@ -16,9 +16,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from robustit.atomic import write_atomic
 from robustit.bench.grid import GridRun, GridSpec, grid_runs
 from robustit.report import markdown_table
-from robustit.rundir import write_atomic
 from robustit.store import ResultStore
 
 # (column, path in metrics, decimals)

@@ -17,7 +17,7 @@ from typing import Any
 
 from robustit.data.errors import DataError, LoadReport
 from robustit.data.instructions import DEFAULT_CAPTION_INSTRUCTION, caption_instruction, check_instruction_mode
-from robustit.data.records import ImageReader, keep_good, read_json
+from robustit.data.records import RecordLoader, read_json, text_field
 from robustit.data.sample import Sample
 
 __all__ = ["DEFAULT_CAPTION_INSTRUCTION", "KARPATHY_SPLITS", "load_karpathy"]
@@ -42,77 +42,72 @@ def load_karpathy(
 ) -> list[Sample]:
     """Samples of one Karpathy split: `response` is the first caption, `references` all of them.
 
-    A bad record (wrong shape, missing or unreadable image, no non-empty caption) raises
-    `DataError` naming `json_path`, the record index and its filename; with `skip_bad=True`
-    it is skipped and recorded in `report` (and logged). A file that is not a Karpathy JSON
-    at all always raises. Ids are "<dataset>-<cocoid | imgid | filename>". `instructions` is
-    "pool" (a phrasing per sample keyed by its id: held-out phrasings for split "test", training
-    phrasings otherwise) or "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for all).
+    A bad record (wrong shape, missing or unreadable image, no non-empty caption, a duplicate
+    id) raises `DataError` naming `json_path`, the record index and its filename, and the
+    field (`robustit.data.records`); with `skip_bad=True` it is skipped and recorded in
+    `report` (and logged). A file that is not a Karpathy JSON at all always raises. Ids are
+    "<dataset>-<cocoid | imgid | filename>". `instructions` is "pool" (a phrasing per sample
+    keyed by its id: held-out phrasings for split "test", training phrasings otherwise) or
+    "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for all).
     """
     if split not in KARPATHY_SPLITS:
         raise ValueError(f"unknown Karpathy split {split!r}; known: {', '.join(KARPATHY_SPLITS)}")
     check_instruction_mode(instructions)
     json_path, image_root = Path(json_path), Path(image_root)
-    report = report if report is not None else LoadReport()
-    data = _read_json(json_path)
-    dataset = str(data.get("dataset") or "karpathy")
-    read_image = ImageReader(json_path, image_root)
-
-    def build(index: int, record: Any) -> list[Sample]:
-        if _record_split(json_path, index, record) not in KARPATHY_SPLITS[split]:
-            return []
-        return [_sample(json_path, read_image, index, record, dataset, split, instructions)]
-
-    samples = keep_good(data["images"], build, skip_bad, report, limit)
-    report.loaded += len(samples)
-    return samples
-
-
-def _read_json(json_path: Path) -> dict[str, Any]:
     data = read_json(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(json_path, 'expected a JSON object with an "images" list (Karpathy split format)')
-    return data
+    dataset = str(data.get("dataset") or "karpathy")
+    loader = RecordLoader(json_path, skip_bad, report, limit)
+    for index, record in enumerate(data["images"]):
+        if loader.full:
+            break
+        name = _record_name(index, record)
+        with loader.record(name):
+            if _record_split(json_path, name, record) in KARPATHY_SPLITS[split]:
+                loader.add(_sample(loader, image_root, name, record, dataset, split, instructions), name)
+    return loader.finish()
 
 
 def _record_name(index: int, record: Any) -> str:
     filename = record.get("filename") if isinstance(record, dict) else None
-    return f"record {index}" + (f" ({filename!r})" if filename else "")
+    return f"record {index}" + (f" ({filename!r})" if isinstance(filename, str) and filename else "")
 
 
-def _record_split(json_path: Path, index: int, record: Any) -> str:
+def _record_split(json_path: Path, name: str, record: Any) -> str:
     if not isinstance(record, dict):
-        raise DataError(json_path, f"expected an object, got {type(record).__name__}", _record_name(index, record))
-    for key, kind in (("filename", str), ("split", str), ("sentences", list)):
-        if not isinstance(record.get(key), kind):
-            raise DataError(json_path, f"missing or non-{kind.__name__} {key!r}", _record_name(index, record))
-    return record["split"]
+        raise DataError(json_path, f"expected an object, got {type(record).__name__}", name)
+    text_field(json_path, name, "filename", record.get("filename"))
+    if not isinstance(record.get("sentences"), list):
+        raise DataError(json_path, f"must be a list of sentences, got {record.get('sentences')!r}", name, "sentences")
+    return text_field(json_path, name, "split", record.get("split"))
 
 
 def _sample(
-    json_path: Path, read_image: ImageReader, index: int, record: dict[str, Any], dataset: str, split: str,
+    loader: RecordLoader, image_root: Path, name: str, record: dict[str, Any], dataset: str, split: str,
     instructions: str,
 ) -> Sample:
-    name = _record_name(index, record)
-    references = [_raw(json_path, name, sentence) for sentence in record["sentences"]]
-    references = [text for text in references if text]
+    json_path = loader.path
+    references = []
+    for i, sentence in enumerate(record["sentences"]):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if isinstance(raw, str) and not raw.strip():
+            continue
+        references.append(text_field(json_path, name, f"sentences[{i}].raw", raw))
     if not references:
-        raise DataError(json_path, "no non-empty caption", name)
-    relative = Path(record.get("filepath", "")) / record["filename"]
-    rgb = read_image(relative, name)
+        raise DataError(json_path, "no non-empty caption", name, "sentences")
+    filepath = record.get("filepath", "")
+    if not isinstance(filepath, str):
+        raise DataError(json_path, f"must be a string, got {filepath!r}", name, "filepath")
+    image_path = image_root / filepath / record["filename"]
+    image = loader.image(name, "filename", image_path)
     sample_id = f"{dataset}-{record.get('cocoid', record.get('imgid', record['filename']))}"
     return Sample(
         id=sample_id,
-        image=rgb,
+        image=image,
         instruction=caption_instruction(split, sample_id, instructions),
         response=references[0],
         references=references,
         task="caption",
-        metadata={"source": dataset, "image_path": str(read_image.root / relative), "split": record["split"]},
+        metadata={"source": dataset, "image_path": str(image_path), "split": record["split"]},
     )
-
-
-def _raw(json_path: Path, name: str, sentence: Any) -> str:
-    if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
-        raise DataError(json_path, 'every sentence needs a string "raw" caption', name)
-    return sentence["raw"].strip()

@@ -16,7 +16,7 @@ from typing import Any
 
 from robustit.data.conversation import context_instruction
 from robustit.data.errors import DataError, LoadReport
-from robustit.data.records import ImageReader, keep_good, read_json
+from robustit.data.records import RecordLoader, read_json, text_field
 from robustit.data.sample import Sample, check_task
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -37,60 +37,58 @@ def load_llava(
     text by the caption metrics, "vqa": short answers by VQA accuracy).
 
     A bad record (wrong shape, no image, roles out of turn, an empty turn, a missing or
-    unreadable image) raises `DataError` naming the file and the record; with `skip_bad=True`
-    it is skipped and recorded in `report`. A file that is not a JSON list always raises.
+    unreadable image, a duplicate id) raises `DataError` naming the file, the record and the
+    field (`robustit.data.records`); with `skip_bad=True` it is skipped whole and recorded in
+    `report`. A file that is not a JSON list always raises.
     """
     check_task(task)
     path = Path(str(json_path).format(split=split))
-    report = report if report is not None else LoadReport()
+    image_root = Path(image_root)
     records = read_json(path)
     if not isinstance(records, list):
         raise DataError(path, "expected a JSON list of conversation records (LLaVA format)")
-    read_image = ImageReader(path, Path(image_root))
-
-    def build(index: int, record: Any) -> list[Sample]:
+    loader = RecordLoader(path, skip_bad, report, limit)
+    for index, record in enumerate(records):
+        if loader.full:
+            break
         name = f"record {index}"
-        if not isinstance(record, dict):
-            raise DataError(path, f"expected an object, got {type(record).__name__}", name)
-        record_id = record.get("id")
-        if not isinstance(record_id, (str, int)) or isinstance(record_id, bool):
-            raise DataError(path, "missing or non-string 'id'", name)
-        name = f"record {index} (id {record_id!r})"
-        if not isinstance(record.get("image"), str):
-            raise DataError(path, "missing or non-string 'image' (text-only records are not image-instruction pairs)", name)
-        pairs = _turns(path, name, record.get("conversations"))
-        image = read_image(record["image"], name)
-        return [
-            Sample(
-                id=f"llava-{record_id}-{k}",
-                image=image,
-                instruction=context_instruction(pairs[:k], question),
-                response=answer,
-                task=task,
-                metadata={"source": "llava", "record_id": record_id, "turn": k,
-                          "image_path": str(read_image.root / record["image"])},
-            )
-            for k, (question, answer) in enumerate(pairs)
-        ]
-
-    samples = keep_good(records, build, skip_bad, report, limit)
-    report.loaded += len(samples)
-    return samples
+        with loader.record(name):
+            if not isinstance(record, dict):
+                raise DataError(path, f"expected an object, got {type(record).__name__}", name)
+            record_id = record.get("id")
+            if not isinstance(record_id, int) or isinstance(record_id, bool):
+                record_id = text_field(path, name, "id", record_id)
+            name = f"record {index} (id {record_id!r})"
+            if record.get("image") is None:
+                raise DataError(path, "is missing (text-only records are not image-instruction pairs)", name, "image")
+            image_path = image_root / text_field(path, name, "image", record["image"])
+            pairs = _turns(path, name, record.get("conversations"))
+            image = loader.image(name, "image", image_path)
+            for k, (question, answer) in enumerate(pairs):
+                loader.add(Sample(
+                    id=f"llava-{record_id}-{k}",
+                    image=image,
+                    instruction=context_instruction(pairs[:k], question),
+                    response=answer,
+                    task=task,
+                    metadata={"source": "llava", "record_id": record_id, "turn": k, "image_path": str(image_path)},
+                ), name)
+    return loader.finish()
 
 
 def _turns(path: Path, name: str, conversations: Any) -> list[tuple[str, str]]:
     """The (question, answer) pairs of a record's conversation."""
     if not isinstance(conversations, list) or not conversations:
-        raise DataError(path, "'conversations' must be a non-empty list", name)
+        raise DataError(path, f"must be a non-empty list of turns, got {conversations!r}", name, "conversations")
     texts = []
     for position, turn in enumerate(conversations):
         expected = ROLES[position % 2]
-        if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
-            raise DataError(path, f"conversations[{position}] must be {{'from': {expected!r}, 'value': str}}", name)
-        text = turn["value"].replace(IMAGE_PLACEHOLDER, "").strip()
-        if not text:
-            raise DataError(path, f"conversations[{position}] is empty", name)
-        texts.append(text)
+        field = f"conversations[{position}]"
+        if not isinstance(turn, dict) or turn.get("from") != expected:
+            raise DataError(path, f"must be {{'from': {expected!r}, 'value': str}}, got {turn!r}", name, field)
+        value = turn.get("value")
+        texts.append(text_field(path, name, f"{field}.value",
+                                value.replace(IMAGE_PLACEHOLDER, "") if isinstance(value, str) else value))
     if len(texts) % 2:
-        raise DataError(path, "the conversation ends with a human turn that has no gpt answer", name)
+        raise DataError(path, "ends with a human turn that has no gpt answer", name, "conversations")
     return list(zip(texts[::2], texts[1::2]))

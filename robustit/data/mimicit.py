@@ -11,13 +11,12 @@ are later turns of the conversation and are not shown. The one image of `image_i
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from robustit.data.conversation import context_instruction
 from robustit.data.errors import DataError, LoadReport
-from robustit.data.records import ImageReader, keep_good
+from robustit.data.records import RecordLoader, parse_json, read_text, text_field
 from robustit.data.sample import Sample, check_task
 
 IMAGE_FILE = "{image_id}.jpg"
@@ -37,71 +36,65 @@ def load_mimicit(
     first `limit` of them; `task` as in `robustit.data.llava.load_llava`.
 
     A bad line (not JSON, wrong shape, an empty instruction or answer, not exactly one image,
-    an id seen before, a related id the file lacks, a missing or unreadable image) raises `DataError` naming the
-    file and the line; with `skip_bad=True` it is skipped and recorded in `report`.
+    an id seen before, a related id the file lacks, a missing or unreadable image) raises
+    `DataError` naming the file, the line and the field (`robustit.data.records`); with
+    `skip_bad=True` it is skipped and recorded in `report`. A file that is not UTF-8 always
+    raises.
     """
     check_task(task)
     path = Path(str(jsonl_path).format(split=split))
-    report = report if report is not None else LoadReport()
-    with path.open(encoding="utf-8") as handle:
-        lines = [(number, line) for number, line in enumerate(handle, 1) if line.strip()]
-    seen: set[str] = set()
-
-    def parse(_: int, line: tuple[int, str]) -> list[dict[str, Any]]:
-        record = _record(path, *line)
-        if record["id"] in seen:
-            raise DataError(path, f"duplicate id {record['id']!r}", record["name"])
-        seen.add(record["id"])
-        return [record]
-
-    parsed = keep_good(lines, parse, skip_bad, report)
-    turns = {record["id"]: (position, record) for position, record in enumerate(parsed)}
-    read_image = ImageReader(path, Path(image_root))
-
-    def build(position: int, record: dict[str, Any]) -> list[Sample]:
-        earlier = []
-        for related in record["rel_ins_ids"]:
-            if related not in turns:
-                raise DataError(path, f"rel_ins_ids names {related!r}, which the file lacks", record["name"])
-            if turns[related][0] < position:
-                earlier.append(turns[related])
-        context = [(r["instruction"], r["answer"]) for _, r in sorted(earlier, key=lambda item: item[0])]
-        image_name = images.format(image_id=record["image_ids"][0])
-        return [Sample(
-            id=f"mimicit-{record['id']}",
-            image=read_image(image_name, record["name"]),
-            instruction=context_instruction(context, record["instruction"]),
-            response=record["answer"],
-            task=task,
-            metadata={"source": "mimicit", "record_id": record["id"], "context_turns": len(context),
-                      "image_path": str(read_image.root / image_name)},
-        )]
-
-    samples = keep_good(parsed, build, skip_bad, report, limit)
-    report.loaded += len(samples)
-    return samples
+    image_root = Path(image_root)
+    loader = RecordLoader(path, skip_bad, report, limit)
+    parsed: list[dict[str, Any]] = []
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if line.strip():
+            with loader.record(f"line {number}"):
+                parsed.append(_record(path, number, line))
+    turns: dict[str, tuple[int, dict[str, Any]]] = {}
+    for position, record in enumerate(parsed):
+        turns.setdefault(record["id"], (position, record))
+    for position, record in enumerate(parsed):
+        if loader.full:
+            break
+        name = record["name"]
+        with loader.record(name):
+            earlier = []
+            for related in record["rel_ins_ids"]:
+                if related not in turns:
+                    raise DataError(path, f"names {related!r}, which the file lacks", name, "rel_ins_ids")
+                if turns[related][0] < position:
+                    earlier.append(turns[related])
+            context = [(r["instruction"], r["answer"]) for _, r in sorted(earlier, key=lambda item: item[0])]
+            image_path = image_root / images.format(image_id=record["image_id"])
+            loader.add(Sample(
+                id=f"mimicit-{record['id']}",
+                image=loader.image(name, "image_ids", image_path),
+                instruction=context_instruction(context, record["instruction"]),
+                response=record["answer"],
+                task=task,
+                metadata={"source": "mimicit", "record_id": record["id"], "context_turns": len(context),
+                          "image_path": str(image_path)},
+            ), name)
+    return loader.finish()
 
 
 def _record(path: Path, number: int, line: str) -> dict[str, Any]:
-    """One line as {"id", "instruction", "answer", "image_ids", "rel_ins_ids", "name"}."""
+    """One line as {"id", "instruction", "answer", "image_id", "rel_ins_ids", "name"}."""
     name = f"line {number}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"not valid JSON ({error})", name) from error
+    record = parse_json(path, line, name)
     if not isinstance(record, dict):
         raise DataError(path, f"expected an object, got {type(record).__name__}", name)
-    if not isinstance(record.get("id"), str) or not record["id"]:
-        raise DataError(path, "missing or non-string 'id'", name)
-    name = f"line {number} (id {record['id']!r})"
-    for key in ("instruction", "answer"):
-        if not isinstance(record.get(key), str) or not record[key].strip():
-            raise DataError(path, f"missing, non-string or empty {key!r}", name)
+    record_id = text_field(path, name, "id", record.get("id"))
+    name = f"line {number} (id {record_id!r})"
+    instruction = text_field(path, name, "instruction", record.get("instruction"))
+    answer = text_field(path, name, "answer", record.get("answer"))
     image_ids = record.get("image_ids")
-    if not isinstance(image_ids, list) or len(image_ids) != 1 or not isinstance(image_ids[0], str):
-        raise DataError(path, "'image_ids' must list exactly one image id (robustit tunes one image per sample)", name)
+    if not isinstance(image_ids, list) or len(image_ids) != 1:
+        raise DataError(path, f"must list exactly one image id (robustit tunes one image per sample), "
+                              f"got {image_ids!r}", name, "image_ids")
+    image_id = text_field(path, name, "image_ids[0]", image_ids[0])
     related = record.get("rel_ins_ids", [])
     if not isinstance(related, list) or not all(isinstance(r, str) for r in related):
-        raise DataError(path, "'rel_ins_ids' must be a list of instruction ids", name)
-    return {"id": record["id"], "instruction": record["instruction"].strip(), "answer": record["answer"].strip(),
-            "image_ids": image_ids, "rel_ins_ids": related, "name": name}
+        raise DataError(path, f"must be a list of instruction ids, got {related!r}", name, "rel_ins_ids")
+    return {"id": record_id, "instruction": instruction, "answer": answer, "image_id": image_id,
+            "rel_ins_ids": related, "name": name}

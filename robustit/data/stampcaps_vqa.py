@@ -26,6 +26,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from robustit.data.errors import LoadReport
 from robustit.data.instructions import vqa_instruction
 from robustit.data.sample import Sample
 from robustit.data.stampcaps import COLOURS, DEFAULT_STAMP_ROOT, build_stampcaps, stampcaps_stamps
@@ -84,16 +85,24 @@ def build_stampcaps_vqa(
     limit: int | None = None,
     objects: str = "shared",
     kinds: Sequence[str] = QUESTION_KINDS,
+    skip_bad: bool = False,
+    report: LoadReport | None = None,
 ) -> list[Sample]:
     """The StampCaps VQA `split` ("train", "test" or "pretrain"): questions of `kinds` about the
     images `build_stampcaps` composes with the same `root`, `image_size`, `seed`,
-    `images_per_object` and `objects` (see the module docstring)."""
+    `images_per_object` and `objects` (see the module docstring). A stamp that cannot be read
+    is a `DataError` as in `build_stampcaps`; with `skip_bad` its images are left out and it is
+    counted in `report`, whose `loaded` counts questions."""
     kinds = tuple(kinds)
     unknown = [kind for kind in kinds if kind not in QUESTION_KINDS]
     if unknown or not kinds:
         raise ValueError(f"StampCaps VQA kinds must be a non-empty list of {list(QUESTION_KINDS)}, got {list(kinds)}")
     images_needed = None if limit is None else -(-limit // len(kinds))
-    images = build_stampcaps(split, root, image_size, seed, images_per_object, images_needed, objects)
+    report = report if report is not None else LoadReport()
+    images_report = LoadReport()
+    images = build_stampcaps(split, root, image_size, seed, images_per_object, images_needed, objects,
+                             skip_bad=skip_bad, report=images_report)
+    report.skipped.extend(images_report.skipped)
     groups = {stamp.phrase: stamp.group for stamp in stampcaps_stamps(split, root, objects)}
     samples = []
     for image in images:
@@ -110,4 +119,6 @@ def build_stampcaps_vqa(
                 metadata={**image.metadata, "source": "stampcaps_vqa", "image_id": image.id, "question": question,
                           "question_type": kind, "answer_type": ANSWER_TYPES[kind]},
             ))
-    return samples if limit is None else samples[:limit]
+    samples = samples if limit is None else samples[:limit]
+    report.loaded += len(samples)
+    return samples

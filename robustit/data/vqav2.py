@@ -22,7 +22,7 @@ from typing import Any
 
 from robustit.data.errors import DataError, LoadReport
 from robustit.data.instructions import vqa_instruction
-from robustit.data.records import ImageReader, keep_good, read_json
+from robustit.data.records import RecordLoader, int_field, read_json, text_field
 from robustit.data.sample import Sample
 
 QUESTIONS_FILE = "v2_OpenEnded_mscoco_{split}_questions.json"
@@ -43,51 +43,51 @@ def load_vqav2(
     """The questions of `split`, in the questions file's order (the first `limit`).
 
     `questions`, `annotations` and `images` are paths under `root` with "{split}" filled in
-    (the official names by default). A bad question (wrong shape, no annotation, no non-empty
-    answer, missing or unreadable image) raises `DataError` naming its file and the question;
-    with `skip_bad=True` it is skipped and recorded in `report`, as is a bad annotation. A file
-    that is not the VQAv2 shape at all always raises. Ids are "vqav2-<question_id>".
+    (the official names by default). A bad question (wrong shape, no annotation, missing or
+    unreadable image, a duplicate id) or a bad annotation (no non-empty answer) raises a
+    `DataError` naming its file, the question or annotation and the field
+    (`robustit.data.records`); with `skip_bad=True` it is skipped and recorded in `report`. A
+    file that is not the VQAv2 shape at all always raises. Ids are "vqav2-<question_id>".
     """
     root = Path(root)
-    report = report if report is not None else LoadReport()
     questions_path = root / questions.format(split=split)
     annotations_path = root / annotations.format(split=split)
     question_file = _read(questions_path, "questions")
-    answers = dict(keep_good(_read(annotations_path, "annotations")["annotations"],
-                             lambda i, a: [_annotation(annotations_path, i, a)], skip_bad, report))
+    annotation_file = _read(annotations_path, "annotations")
+    loader = RecordLoader(questions_path, skip_bad, report, limit)
+    answers: dict[int, dict[str, Any]] = {}
+    for index, annotation in enumerate(annotation_file["annotations"]):
+        with loader.record(f"annotation {index}"):
+            answers.update([_annotation(annotations_path, index, annotation)])
     subtype = str(question_file.get("data_subtype") or split)
-    read_image = ImageReader(questions_path, root / images.format(split=split))
-
-    def build(index: int, question: Any) -> list[Sample]:
+    image_dir = root / images.format(split=split)
+    for index, question in enumerate(question_file["questions"]):
+        if loader.full:
+            break
         name = f"question {index}"
-        if not isinstance(question, dict):
-            raise DataError(questions_path, f"expected an object, got {type(question).__name__}", name)
-        for key, kind in (("question_id", int), ("image_id", int), ("question", str)):
-            if not isinstance(question.get(key), kind) or isinstance(question.get(key), bool):
-                raise DataError(questions_path, f"missing or non-{kind.__name__} {key!r}", name)
-        name = f"question {index} (question_id {question['question_id']})"
-        if not question["question"].strip():
-            raise DataError(questions_path, "empty 'question'", name)
-        annotation = answers.get(question["question_id"])
-        if annotation is None:
-            raise DataError(annotations_path, "no annotation for this question", name)
-        image_name = f"COCO_{subtype}_{question['image_id']:012d}.jpg"
-        return [Sample(
-            id=f"vqav2-{question['question_id']}",
-            image=read_image(image_name, name),
-            instruction=vqa_instruction(question["question"]),
-            response=annotation["response"],
-            references=annotation["answers"],
-            task="vqa",
-            metadata={"source": "vqav2", "split": split, "question": question["question"].strip(),
-                      "question_id": question["question_id"], "image_id": question["image_id"],
-                      "image_path": str(read_image.root / image_name), "answer_type": annotation["answer_type"],
-                      "question_type": annotation["question_type"]},
-        )]
-
-    samples = keep_good(question_file["questions"], build, skip_bad, report, limit)
-    report.loaded += len(samples)
-    return samples
+        with loader.record(name):
+            if not isinstance(question, dict):
+                raise DataError(questions_path, f"expected an object, got {type(question).__name__}", name)
+            question_id = int_field(questions_path, name, "question_id", question.get("question_id"))
+            name = f"question {index} (question_id {question_id})"
+            image_id = int_field(questions_path, name, "image_id", question.get("image_id"))
+            text = text_field(questions_path, name, "question", question.get("question"))
+            annotation = answers.get(question_id)
+            if annotation is None:
+                raise DataError(annotations_path, "no annotation for this question", name, "question_id")
+            image_path = image_dir / f"COCO_{subtype}_{image_id:012d}.jpg"
+            loader.add(Sample(
+                id=f"vqav2-{question_id}",
+                image=loader.image(name, "image_id", image_path),
+                instruction=vqa_instruction(text),
+                response=annotation["response"],
+                references=annotation["answers"],
+                task="vqa",
+                metadata={"source": "vqav2", "split": split, "question": text, "question_id": question_id,
+                          "image_id": image_id, "image_path": str(image_path),
+                          "answer_type": annotation["answer_type"], "question_type": annotation["question_type"]},
+            ), name)
+    return loader.finish()
 
 
 def _read(path: Path, key: str) -> dict[str, Any]:
@@ -102,17 +102,19 @@ def _annotation(path: Path, index: int, annotation: Any) -> tuple[int, dict[str,
     name = f"annotation {index}"
     if not isinstance(annotation, dict):
         raise DataError(path, f"expected an object, got {type(annotation).__name__}", name)
-    question_id = annotation.get("question_id")
-    if not isinstance(question_id, int) or isinstance(question_id, bool):
-        raise DataError(path, "missing or non-int 'question_id'", name)
+    question_id = int_field(path, name, "question_id", annotation.get("question_id"))
     name = f"annotation {index} (question_id {question_id})"
     raw = annotation.get("answers")
-    if not isinstance(raw, list) or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw):
-        raise DataError(path, "'answers' must be a list of objects with a string 'answer'", name)
-    answers = [a["answer"].strip() for a in raw if a["answer"].strip()]
+    if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
+        raise DataError(path, f"must be a list of objects with an 'answer', got {raw!r}", name, "answers")
+    answers = [text_field(path, name, f"answers[{i}].answer", a.get("answer")) for i, a in enumerate(raw)
+               if not (isinstance(a.get("answer"), str) and not a["answer"].strip())]
     if not answers:
-        raise DataError(path, "no non-empty answer", name)
+        raise DataError(path, "no non-empty answer", name, "answers")
     chosen = annotation.get("multiple_choice_answer")
-    response = chosen.strip() if isinstance(chosen, str) and chosen.strip() else Counter(answers).most_common(1)[0][0]
+    if isinstance(chosen, str) and chosen.strip():
+        response = text_field(path, name, "multiple_choice_answer", chosen)
+    else:
+        response = Counter(answers).most_common(1)[0][0]
     return question_id, {"answers": answers, "response": response, "answer_type": annotation.get("answer_type"),
                          "question_type": annotation.get("question_type")}

@@ -34,6 +34,7 @@ from robustit.eval.objects import object_accuracy
 from robustit.eval.vqa import answer_accuracy, vqa_accuracy
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
+from robustit.params import check_choice, check_int
 
 SHOTS = (0, 1)
 TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
@@ -51,8 +52,9 @@ class EvalConfig:
     shots: int = 0
 
     def __post_init__(self) -> None:
-        if self.shots not in SHOTS:
-            raise ValueError(f"eval.shots must be one of {list(SHOTS)}, got {self.shots!r}")
+        check_int(None, "batch_size", self.batch_size, 1)
+        check_int(None, "max_new_tokens", self.max_new_tokens, 1)
+        check_choice(None, "shots", self.shots, SHOTS)
 
 
 def choose_demonstration(train: Sequence[Sample], seed: int) -> Sample:

@@ -30,8 +30,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from robustit.atomic import write_atomic
+from robustit.tensors import load_tensors, save_tensors
 
 from .adapters import Adapter
 from .image_processing import images_to_tensor
@@ -251,15 +253,14 @@ class VisionLanguageModel(nn.Module):
     def save_trainable(self, directory: str | Path) -> Path:
         """Write the trainable weights (safetensors) and the spec that rebuilds the rest."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(directory / "trainable.safetensors"))
-        (directory / "model_spec.json").write_text(json.dumps({"family": self.family, **self.spec}, indent=2))
+        save_tensors(directory / "trainable.safetensors", self.trainable_state_dict())
+        write_atomic(directory / "model_spec.json", json.dumps({"family": self.family, **self.spec}, indent=2))
         return directory
 
     def load_trainable(self, directory: str | Path, strict: bool = True) -> None:
         """Copy a `save_trainable` checkpoint in; `strict=False` accepts one that holds only
         some of the trainable tensors (e.g. a base checkpoint of the adapter alone)."""
-        state = load_file(str(Path(directory) / "trainable.safetensors"))
+        state, _ = load_tensors(Path(directory) / "trainable.safetensors")
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
         if set(state) - expected or (strict and set(state) != expected):
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
