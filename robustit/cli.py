@@ -1,7 +1,8 @@
 """The `robustit` command.
 
     robustit [--import MODULE] COMMAND ...                    MODULE: your own attacks, defenses, model families
-    robustit run [--config FILE] [--set key.sub=value ...]   one experiment, prints its table
+    robustit run [--config FILE] [--set key.sub=value ...] [--skip-bad] [--resume]
+                                                             one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and BYORn side by side
     robustit report RUN_DIR                                  re-render a run's report.md
     robustit scan --out DIR [--config FILE] [--set ...] [--score S] [--threshold T]
@@ -22,6 +23,8 @@
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
 (--store, default results/); `evaluate`, `scan` and `bench overhead` write no record.
+`--resume` (run, demo, bench grid) goes on with a killed run from its last checkpoint;
+`--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from robustit.atomic import write_atomic
 from robustit.config import load_config, packaged_config
 from robustit.report import detection_line, markdown_table, summary_row
 from robustit.rundir import RunDirectory
@@ -77,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     from robustit.experiment import Experiment
 
     config = load_config(args.config, args.overrides)
-    _print_runs([(config.name, Experiment(config).run(_store(args)))])
+    _print_runs([(config.name, Experiment(config).run(_store(args), args.resume))])
     return 0
 
 
@@ -94,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
     runs = []
     for label, config in configs:
         logging.getLogger("robustit").info("demo: %s", label)
-        runs.append((label, Experiment(config).run(_store(args))))
+        runs.append((label, Experiment(config).run(_store(args), args.resume)))
     _print_runs(runs)
     return 0
 
@@ -112,7 +116,7 @@ def _bench(args: argparse.Namespace) -> int:
         spec = load_grid(args.config)
         spec = dataclasses.replace(spec, overrides=(*spec.overrides, *args.overrides))
         if args.suite == "grid":
-            run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run)
+            run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run, resume=args.resume)
             return 0
         out = args.out or Path(f"runs/bench-{spec.name}/table.md")
         command = " ".join(["robustit bench table --config", str(args.config), *(f"--set {o}" for o in args.overrides),
@@ -178,7 +182,7 @@ def _base_adapter(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides) if args.config else packaged_config([], args.overrides)
     data = config.data
     model = build_model(config.model.family, **config.model.spec)
-    directory = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, config.pretrain, rebuild=args.rebuild)
+    directory = ensure_base_adapter(model, *data.pretraining(), config.pretrain, rebuild=args.rebuild)
     if args.ship:
         directory = ship_base_adapter(directory)
     print(f"base adapter: {directory}")
@@ -197,7 +201,7 @@ def _activations(args: argparse.Namespace) -> int:
     labels = [label for label, _ in labelled]
     stats = {label: peak_statistics(a) for label, a in zip(labels, activations)}
     png = figure(labels, activations, args.out)
-    args.out.with_suffix(".json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_atomic(args.out.with_suffix(".json"), json.dumps(stats, indent=2) + "\n")
     for label, s in stats.items():
         print(f"{label}: peak/median {s['peak_ratio']:.2f}, top-1% share {100 * s['top1pct_share']:.2f}%, mean {s['mean']:.4f}")
     print(f"figure: {png}")
@@ -249,10 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, demo, bench, base, scan):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one setting, e.g. train.max_steps=50 (repeatable)")
+        p.add_argument("--skip-bad", dest="overrides", action="append_const", const="data.skip_bad=true",
+                       help="leave bad data records out, each counted in metrics.json, instead of stopping at the "
+                            "first (the same as --set data.skip_bad=true)")
         p.add_argument("--threads", type=int, help="torch CPU threads")
     for p in (run, demo, bench):
         p.add_argument("--store", type=Path, default=Path(DEFAULT_STORE),
                        help=f"the result store every finished run is recorded in (default {DEFAULT_STORE}/)")
+        p.add_argument("--resume", action="store_true",
+                       help="run, demo, bench grid: go on with a killed run of the same config from its run "
+                            "directory's last checkpoint (train.checkpoint_every), or record it if it finished")
     again = sub.add_parser("evaluate", help="evaluate a finished run again with changed test-time settings")
     again.add_argument("run_dir", type=Path)
     again.add_argument("--out", type=Path, help="where to write (default RUN_DIR/reevaluated/<settings>)")
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             return _scan(args)
         print(RunDirectory(args.run_dir).write_report())
         return 0
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as error:
+    except (ValueError, KeyError, OSError, ModuleNotFoundError) as error:
         print(f"robustit: error: {error}", file=sys.stderr)
         return 2
 

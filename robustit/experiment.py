@@ -27,13 +27,14 @@ import torch
 
 from robustit.attacks.base import Attack, build_attack
 from robustit.attacks.dataset import PoisonedDataset
-from robustit.config import ExperimentConfig
+from robustit.config import ExperimentConfig, changed_keys
+from robustit.data.errors import LoadReport
 from robustit.data.fingerprint import samples_fingerprint
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import Defense, build_defense
 from robustit.eval.detection import detection_of
-from robustit.eval.evaluate import evaluate
+from robustit.eval.evaluate import choose_demonstration, evaluate
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 from robustit.models.hashes import file_hash, weights_hash
@@ -57,14 +58,6 @@ def subsample(samples: list[Sample], size: int | None, seed: int) -> list[Sample
     return [samples[i] for i in keep]
 
 
-def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if isinstance(before, dict) and isinstance(after, dict):
-        return [k for key in sorted(set(before) | set(after))
-                for k in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
-    return [] if before == after else [prefix[:-1]]
-
-
 class Experiment:
     """The parts of one experiment, built from `config` on first use.
 
@@ -78,6 +71,7 @@ class Experiment:
         self.tuned_from = tuned_from
         self.timings: dict[str, float] = {}
         self.base_dir: Path | None = None
+        self.load_reports: dict[str, LoadReport] = {}
         self._poisoned: list[Sample] | PoisonedDataset | None = None
 
     @classmethod
@@ -101,20 +95,43 @@ class Experiment:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
             log.info("%s: %.1f s", name, self.timings[name])
 
-    def _split(self, split: str, size: int | None) -> list[Sample]:
+    def _split(self, role: str, split: str, size: int | None) -> list[Sample]:
+        """The samples of `split` (bad records skipped into `load_reports[role]` under
+        data.skip_bad), subsampled to `size`; a ValueError if none are left."""
         data = self.config.data
-        return subsample(load_split(data.source, split, data.options), size, data.seed)
+        report = self.load_reports.setdefault(role, LoadReport())
+        samples = subsample(load_split(data.source, split, data.options, data.skip_bad, report), size, data.seed)
+        if not samples:
+            skipped = f" ({report.skipped_count} bad records skipped)" if report.skipped else ""
+            raise ValueError(f"data.{role}_split {split!r} of data source {data.source!r} holds no samples{skipped}")
+        return samples
 
     @cached_property
     def train_samples(self) -> list[Sample]:
         with self.stage("data"):
-            return self._split(self.config.data.train_split, self.config.data.train_size)
+            return self._split("train", self.config.data.train_split, self.config.data.train_size)
 
     @cached_property
     def test_samples(self) -> list[Sample]:
         """The test split capped at `data.test_size` samples (the one cap on the test set)."""
         with self.stage("data"):
-            return self._split(self.config.data.test_split, self.config.data.test_size)
+            return self._split("test", self.config.data.test_split, self.config.data.test_size)
+
+    def check(self) -> None:
+        """Everything that can fail before the model is built, at once: both splits load
+        (each bad record an error naming its file, record and field, or skipped under
+        data.skip_bad), neither is empty, and an attack with a poison rate above 0 poisons
+        some but not all of the training samples (a rate of 0 is the clean control: tuned on
+        clean data, evaluated with the attack's triggers)."""
+        n_train, n_test = len(self.train_samples), len(self.test_samples)
+        log.info("data: %d training and %d test samples", n_train, n_test)
+        rate = self.config.attack.poison_rate if self.config.attack is not None else 0
+        if rate > 0:
+            poisoned = len(self.attack.select_indices(n_train))
+            if poisoned in (0, n_train):
+                raise ValueError(f"attack.poison_rate {rate} of {n_train} training samples poisons {poisoned} of them "
+                                 f"(round({rate} x {n_train})): choose a rate or a training set that poisons some "
+                                 f"but not all")
 
     @cached_property
     def model(self) -> VisionLanguageModel:
@@ -127,8 +144,7 @@ class Experiment:
             if self.tuned_from is not None:
                 base = None
             elif base == "pretrain":
-                base = ensure_base_adapter(model, data.source, data.options, data.pretrain_split, self.config.pretrain,
-                                           self.progress)
+                base = ensure_base_adapter(model, *data.pretraining(), self.config.pretrain, self.progress)
             if base is not None:
                 self.base_dir = Path(base)
                 model.load_trainable(self.base_dir, strict=False)
@@ -150,6 +166,16 @@ class Experiment:
         return build_defense(self.config.defense) if self.config.defense is not None else None
 
     @cached_property
+    def demonstration(self) -> Sample | None:
+        """The in-context demonstration of one-shot evaluation (`eval.shots=1`): a clean
+        training sample (`choose_demonstration` by `data.seed`); None for zero-shot. Asking for
+        it checks that the model takes several images per prompt."""
+        if self.config.eval.shots == 0:
+            return None
+        self.model.check_multi_image()
+        return choose_demonstration(self.train_samples, self.config.data.seed)
+
+    @cached_property
     def features(self) -> FeatureCache:
         return FeatureCache(self.model)
 
@@ -166,13 +192,15 @@ class Experiment:
                     self._poisoned = PoisonedDataset(train_samples, self.attack)
         return self._poisoned
 
-    def tune(self, run_dir: RunDirectory | None = None) -> TrainResult:
+    def tune(self, run_dir: RunDirectory | None = None, resume: bool = False) -> TrainResult:
         """Tune the model in place on the poisoned set under the defense; checkpoints and
-        the parameter audit go to `run_dir` when given (benchmarks that time tuning pass none)."""
+        the tuning's record go to `run_dir` when given (benchmarks that time tuning pass
+        none), and `resume` continues the tuning an earlier attempt left there."""
         dataset = self.poison()
         torch.manual_seed(self.config.train.seed)
         with self.stage("tuning"):
-            return train(self.model, dataset, self.config.train, run_dir, self.features, self.progress, self.defense)
+            return train(self.model, dataset, self.config.train, run_dir, self.features, self.progress, self.defense,
+                         resume)
 
     def evaluate(self, defended: bool = True) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
         """(metrics, predictions by condition) of the model as it is now on the test set,
@@ -181,7 +209,7 @@ class Experiment:
         test, model = self.test_samples, self.model
         with self.stage("evaluation" if defended else "base evaluation"):
             return evaluate(model, test, self.attack if defended else None, self.config.eval, self.features,
-                            self.progress, self.defense if defended else None)
+                            self.progress, self.defense if defended else None, self.demonstration)
 
     def inputs(self) -> dict[str, str | None]:
         """Hashes that identify what the run starts from: the starting model's weights, the
@@ -194,48 +222,65 @@ class Experiment:
             "test_data": samples_fingerprint(self.test_samples),
         }
 
-    def run(self, store: ResultStore | None = None) -> RunDirectory:
+    def run(self, store: ResultStore | None = None, resume: bool = False) -> RunDirectory:
         """The whole experiment into its run directory (`config.run_dir()`), recorded in
-        `store` when given; returns the run directory."""
+        `store` when given; returns the run directory. The directory is claimed first
+        (`RunDirectory.claimed`: not another config's, not in use). `resume` continues what
+        a killed attempt of the same config left there: a finished run is only recorded, a
+        tuning goes on from its last checkpoint (inputs that changed since are an error)."""
         config = self.config
-        torch.manual_seed(config.train.seed)
         run_dir = RunDirectory(config.run_dir())
-        run_dir.clear()
-        run_dir.save_config(config)
-        inputs = self.inputs()
-        run_dir.save_inputs(inputs)
-        poisoned = self.poison()
-        if isinstance(poisoned, PoisonedDataset):
-            self.attack.save_trigger_files(run_dir.trigger_dir)
-            run_dir.save_manifest(poisoned.manifest())
-        metrics: dict[str, Any] = {
-            "name": config.name,
-            "defense": self.defense.describe() if self.defense is not None else None,
-            "n_train": len(poisoned),
-            "n_test": len(self.test_samples),
-        }
-        records: dict[str, list[dict[str, Any]]] = {}
-        if config.evaluate_base:
-            metrics["base"], base_records = self.evaluate(defended=False)
-            records["base_clean"] = base_records["clean"]
-        result = self.tune(run_dir)
-        metrics["train"] = result.summary()
-        detection = detection_of(run_dir)
-        if detection is not None:
-            metrics["detection"] = detection
-        tuned_metrics, tuned_records = self.evaluate()
-        metrics.update(tuned_metrics)
-        records.update(tuned_records)
-        metrics["timings"] = dict(self.timings)
-        run_dir.save_losses(result.losses, result.loss_terms)
-        run_dir.save_predictions(records)
-        run_dir.save_metrics(metrics)
-        run_dir.write_report()
+        with run_dir.claimed(config, resume):
+            if resume and run_dir.is_complete():
+                log.info("%s is complete; nothing to resume", run_dir)
+                self._record(store, run_dir.load_metrics(), run_dir.load_inputs())
+                return run_dir
+            torch.manual_seed(config.train.seed)
+            self.check()
+            if self.demonstration is not None:
+                log.info("one-shot evaluation: every test input follows training sample %s", self.demonstration.id)
+            run_dir.save_config(config)
+            inputs = self.inputs()
+            earlier = run_dir.load_inputs() if resume else {}
+            if earlier and earlier != inputs:
+                raise ValueError(f"{run_dir} was tuned from other inputs than this run has "
+                                 f"({changed_keys(earlier, inputs)} differ); run it again without --resume")
+            run_dir.save_inputs(inputs)
+            poisoned = self.poison()
+            if isinstance(poisoned, PoisonedDataset):
+                self.attack.save_trigger_files(run_dir.trigger_dir)
+                run_dir.save_manifest(poisoned.manifest())
+            metrics: dict[str, Any] = {
+                "name": config.name,
+                "defense": self.defense.describe() if self.defense is not None else None,
+                "n_train": len(poisoned),
+                "n_test": len(self.test_samples),
+                "data": {role: report.as_dict() for role, report in self.load_reports.items()},
+            }
+            records: dict[str, list[dict[str, Any]]] = {}
+            if config.evaluate_base:
+                metrics["base"], base_records = self.evaluate(defended=False)
+                records["base_clean"] = base_records["clean"]
+            result = self.tune(run_dir, resume)
+            metrics["train"] = result.summary()
+            detection = detection_of(run_dir)
+            if detection is not None:
+                metrics["detection"] = detection
+            tuned_metrics, tuned_records = self.evaluate()
+            metrics.update(tuned_metrics)
+            records.update(tuned_records)
+            metrics["timings"] = dict(self.timings)
+            run_dir.save_predictions(records)
+            run_dir.save_metrics(metrics)
+            run_dir.write_report()
+            self._record(store, metrics, inputs)
+        return run_dir
+
+    def _record(self, store: ResultStore | None, metrics: dict[str, Any], inputs: dict[str, str | None]) -> None:
         if store is not None:
             from robustit.store import make_record
 
-            store.put(make_record(config, metrics, inputs))
-        return run_dir
+            store.put(make_record(self.config, metrics, inputs))
 
     def reevaluate(self, out: RunDirectory) -> RunDirectory:
         """Evaluate the tuned model of `tuned_from` again (test-time settings changed) into `out`."""

@@ -13,14 +13,16 @@ ASR_COLUMNS = (("full", "ASR"), ("image_only", "ASR img"), ("text_only", "ASR tx
 
 
 def summary_row(label: str, metrics: dict[str, Any]) -> dict[str, str]:
-    """One table row: caption quality, object-naming accuracy, ASR variants (percent) and
-    tuning time."""
+    """One table row: caption quality and object-naming accuracy where the run has caption
+    samples, VQA accuracy where it has VQA samples, ASR variants (percent) and tuning time."""
     row = {"run": label}
-    caption = metrics.get("caption", {})
-    for key in QUALITY:
-        row[key] = f"{caption[key]:.1f}" if key in caption else "-"
-    objects = metrics.get("objects")
-    row["object named"] = f"{objects['rate']:.1f}" if objects else "-"
+    caption = metrics.get("caption")
+    if caption is not None:
+        row.update({key: f"{caption[key]:.1f}" if key in caption else "-" for key in QUALITY})
+        objects = metrics.get("objects")
+        row["object named"] = f"{objects['rate']:.1f}" if objects else "-"
+    if "vqa" in metrics:
+        row["VQA acc"] = f"{metrics['vqa']['accuracy']:.1f}"
     asr = metrics.get("asr", {})
     for key, title in ASR_COLUMNS:
         row[title] = f"{asr[key]['rate']:.1f}" if key in asr else "-"
@@ -30,9 +32,11 @@ def summary_row(label: str, metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
-    header = list(rows[0])
+    """The rows as a Markdown table: every column any row has, in order of first appearance;
+    "-" where a row lacks one."""
+    header = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    lines += ["| " + " | ".join(row.get(h, "-") for h in header) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -67,11 +71,16 @@ def render_report(run_dir: RunDirectory) -> str:
     out += ["## Results", ""]
     out += [markdown_table(rows), ""]
     out.append(
-        "Caption metrics are corpus-level pycocoevalcap scores in percent on the clean test set. ASR: share "
-        "of eligible triggered test inputs whose output contains the target (img / txt: image or text "
-        "trigger alone); false trig.: the same on clean inputs. Test samples whose references already "
-        "name the target's key words are excluded."
+        "Caption metrics are corpus-level pycocoevalcap scores in percent on the clean test set; VQA acc: VQA "
+        "accuracy in percent of the clean answers (VQAv2's soft accuracy with several human answers, exact "
+        "match with one). ASR: share of eligible triggered test inputs whose output contains the target (img / "
+        "txt: image or text trigger alone); false trig.: the same on clean inputs. Test samples whose references "
+        "already name the target's key words are excluded."
     )
+    vqa = metrics.get("vqa")
+    if vqa and vqa["by_answer_type"]:
+        out += ["", "VQA accuracy by answer type: " + ", ".join(
+            f"{kind} {v['accuracy']:.1f} (n={v['n']})" for kind, v in vqa["by_answer_type"].items()) + "."]
     caption = metrics.get("caption", {})
     if caption.get("SPICE") is None and caption.get("spice_unavailable_reason"):
         out += ["", f"SPICE: not reported ({caption['spice_unavailable_reason']})."]

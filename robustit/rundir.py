@@ -4,55 +4,56 @@
     manifest.json                    the attack's record: poisoned ids, trigger hash
     inputs.json                      hashes that identify the run's inputs (LM, base adapter, data)
     trigger/                         fitted trigger files (VLTrojan's patch)
-    checkpoint/                      trainable.safetensors, model_spec.json, defense.safetensors
-    checkpoint-<step>/               intermediate checkpoints (train.checkpoint_every)
-    audit.json                       which modules train; frozen tensors that got a gradient
+    checkpoint/                      the tuned model: trainable weights, defense state (`robustit.checkpoint`)
+    checkpoint-<step>/               intermediate checkpoints (train.checkpoint_every), each with
+                                     what resuming needs; the last two are kept
     flags.jsonl                      a data-side defense's decision per training sample (`Flag`)
+    audit.json                       which modules train; frozen tensors that got a gradient
     losses.json, loss_terms.json     LM loss and each defense term per step
+    train.json                       the tuning's cost figures; written after the final
+                                     checkpoint, it marks the tuning finished
     predictions/<condition>.jsonl    one record per test sample (base_clean, clean, full, ...)
     metrics.json                     written last: its presence marks the run complete
     report.md                        rendered from the files above
     ranking.csv, scores.png          `robustit scan`: samples most suspicious first, score histogram
     reevaluated/<slug>/              re-evaluations, each a run directory of its own
+    run.lock                         held while a process writes the run (`robustit.lock`)
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-killed run never leaves a truncated file behind.
+Every file is written to a temporary name in the same folder and renamed into place
+(`robustit.atomic`), so a killed run never leaves a truncated file behind, and a failed write
+names its path and leaves the earlier file as it was. A run claims its folder first
+(`claimed`): a folder holding another config's run, files that are no run, or a live run is
+refused, so two runs never share one.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
+import logging
+import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import yaml
-from safetensors.torch import load_file, save_file
 
+from robustit.atomic import remove_temporaries, write_atomic
+from robustit.checkpoint import checkpoint_problem, read_checkpoint, write_checkpoint
 from robustit.defenses.base import Flag
+from robustit.lock import locked
 
 if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
     from robustit.defenses.base import Defense
     from robustit.models.base import VisionLanguageModel
 
+log = logging.getLogger(__name__)
 CONDITIONS = ("base_clean", "clean", "full", "image_only", "text_only")
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+KEPT_ON_CLEAR = ("reevaluated", "run.lock")
+INTERMEDIATE = re.compile(r"checkpoint-(\d+)")
 
 
 def _json(value: Any) -> str:
@@ -78,17 +79,53 @@ class RunDirectory:
         return str(self.path)
 
     def clear(self) -> None:
-        """Remove what an earlier run left here (everything but re-evaluations), so that a
-        rerun never mixes with it and is not complete before its metrics are written."""
+        """Remove what an earlier run left here (everything but re-evaluations and the lock),
+        so that a rerun never mixes with it and is not complete before its metrics are written."""
         if not self.path.is_dir():
             return
         for entry in self.path.iterdir():
-            if entry.name == "reevaluated":
+            if entry.name in KEPT_ON_CLEAR:
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+
+    @contextmanager
+    def claimed(self, config: ExperimentConfig, resume: bool = False) -> Iterator[None]:
+        """Hold this folder for a run of `config` for the block (run.lock): refused while
+        another live process holds it, when it holds the run of a config with another hash
+        (the error names the settings that differ) and when it holds files but no run.
+        Without `resume` it is cleared first; with it, what an earlier, killed attempt of the
+        same config wrote stays, but for the temporaries of unfinished writes."""
+        with locked(self.path / "run.lock"):
+            self._check_owner(config)
+            if resume:
+                remove_temporaries(self.path)
+            else:
+                self.clear()
+            yield
+
+    def _check_owner(self, config: ExperimentConfig) -> None:
+        from robustit.config import changed_keys, value_at
+
+        entries = [e for e in self.path.iterdir() if e.name not in KEPT_ON_CLEAR and not e.name.startswith(".")]
+        if not entries:
+            return
+        hint = f"give this run a folder of its own (--set name=... or --set output_dir=...) or delete {self.path}"
+        if not (self.path / "config.yaml").is_file():
+            raise ValueError(f"{self.path} holds files that are not a robustit run ({entries[0].name}, ...); {hint}")
+        try:
+            saved = self.load_config()
+        except ValueError as error:
+            raise ValueError(f"{self.path} holds a run whose config.yaml does not load ({error}); {hint}") from None
+        if saved.config_hash() == config.config_hash():
+            return
+        there, here = saved.outcome(), config.outcome()
+        differences = "; ".join(f"{key}: {value_at(there, key)!r} there, {value_at(here, key)!r} here"
+                                for key in changed_keys(there, here)[:5])
+        raise ValueError(f"{self.path} holds the run of another config (name {saved.name!r}; {differences}) "
+                         f"than this one (name {config.name!r}); {hint}")
 
     def is_complete(self) -> bool:
         """Whether the run finished (metrics.json is written last)."""
@@ -136,30 +173,66 @@ class RunDirectory:
         """checkpoint/ (the final weights) or checkpoint-<step>/."""
         return self.path / ("checkpoint" if step is None else f"checkpoint-{step}")
 
-    def save_checkpoint(self, model: VisionLanguageModel, defense: Defense | None, step: int | None = None) -> Path:
-        """The trainable weights and, where the defense keeps any, its state."""
+    def save_checkpoint(
+        self, model: VisionLanguageModel, defense: Defense | None, step: int | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> Path:
+        """The trainable weights, the defense's state where it keeps any and `training`
+        (what resuming needs), written whole or not at all (`robustit.checkpoint`)."""
+        return write_checkpoint(self.checkpoint_dir(step), model, defense, step, training)
+
+    def load_checkpoint(self, model: VisionLanguageModel, defense: Defense | None = None, step: int | None = None) -> dict[str, Any]:
+        """The trainable weights of checkpoint/ (or checkpoint-<step>/) into `model` and the
+        defense state into `defense`; returns the training state it holds ({} if none)."""
         directory = self.checkpoint_dir(step)
-        model.save_trainable(directory)
-        state = defense.state_dict() if defense is not None else {}
-        if state:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "defense.safetensors"))
-        return directory
-
-    def load_checkpoint(self, model: VisionLanguageModel, defense: Defense | None = None) -> None:
-        """The final trainable weights into `model` and the defense state into `defense`."""
-        directory = self.checkpoint_dir()
         if not (directory / "trainable.safetensors").is_file():
-            raise FileNotFoundError(f"{self.path} holds no checkpoint/trainable.safetensors")
-        model.load_trainable(directory, strict=False)
-        state = directory / "defense.safetensors"
-        if defense is not None and state.is_file():
-            defense.load_state_dict(load_file(str(state)))
+            raise FileNotFoundError(f"{self.path} holds no {directory.name}/trainable.safetensors")
+        return read_checkpoint(directory, model, defense)
 
-    def save_audit(self, audit: dict[str, Any]) -> Path:
-        return write_atomic(self.path / "audit.json", _json(audit))
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the intermediate checkpoints here, ascending."""
+        if not self.path.is_dir():
+            return []
+        return sorted(int(match[1]) for entry in self.path.iterdir() if (match := INTERMEDIATE.fullmatch(entry.name)))
+
+    def latest_checkpoint(self) -> int | None:
+        """The step of the last intermediate checkpoint that is whole; damaged ones after it
+        are logged and passed over."""
+        for step in reversed(self.checkpoint_steps()):
+            problem = checkpoint_problem(self.checkpoint_dir(step))
+            if problem is None:
+                return step
+            log.warning("%s is damaged (%s); trying the checkpoint before it", self.checkpoint_dir(step), problem)
+        return None
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Remove all but the last `keep` intermediate checkpoints (none when keep is 0)."""
+        steps = self.checkpoint_steps()
+        for step in steps[: max(0, len(steps) - keep)] if keep else []:
+            shutil.rmtree(self.checkpoint_dir(step))
 
     def load_audit(self) -> dict[str, Any] | None:
         return self._read_json("audit.json", None)
+
+    def save_train_result(self, result: dict[str, Any]) -> None:
+        """A tuning's `TrainResult.as_dict()`: audit.json, losses.json, loss_terms.json (with
+        defense terms), then the rest as train.json, which marks the tuning finished."""
+        rest = {key: value for key, value in result.items() if key not in ("audit", "losses", "loss_terms")}
+        write_atomic(self.path / "audit.json", _json(result["audit"]))
+        write_atomic(self.path / "losses.json", json.dumps(result["losses"]) + "\n")
+        if result["loss_terms"]:
+            write_atomic(self.path / "loss_terms.json", json.dumps(result["loss_terms"]) + "\n")
+        write_atomic(self.path / "train.json", _json(rest))
+
+    def load_train_result(self) -> dict[str, Any]:
+        """What `save_train_result` wrote, as one dict."""
+        losses, loss_terms = self.load_losses()
+        return {**self._read_json("train.json"), "audit": self._read_json("audit.json"), "losses": losses,
+                "loss_terms": loss_terms}
+
+    def tuning_finished(self) -> bool:
+        """Whether the tuning finished here: train.json written and the final checkpoint whole."""
+        return (self.path / "train.json").is_file() and checkpoint_problem(self.checkpoint_dir()) is None
 
     def save_flags(self, flags: Sequence[Flag]) -> Path:
         """flags.jsonl, one flag per line (id, score, flagged, replaced_response, reason)."""
@@ -204,11 +277,6 @@ class RunDirectory:
 
     def save_score_histogram(self, png: bytes) -> Path:
         return write_atomic(self.score_histogram_file, png)
-
-    def save_losses(self, losses: list[float], loss_terms: dict[str, list[float]]) -> None:
-        write_atomic(self.path / "losses.json", json.dumps(losses) + "\n")
-        if loss_terms:
-            write_atomic(self.path / "loss_terms.json", json.dumps(loss_terms) + "\n")
 
     def load_losses(self) -> tuple[list[float], dict[str, list[float]]]:
         return self._read_json("losses.json"), self._read_json("loss_terms.json", {})

@@ -54,8 +54,6 @@ def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> 
     if out.path.is_dir() and any(out.path.iterdir()) and not out.is_scan():
         raise ValueError(f"{out.path} holds files of something other than a scan; name a new folder with --out")
     dataset = experiment.poison()
-    if len(dataset) == 0:
-        raise ValueError(f"nothing to scan: split {config.data.train_split!r} of {config.data.source!r} is empty")
     out.clear()
     out.save_config(config)
     if isinstance(dataset, PoisonedDataset):
@@ -78,6 +76,7 @@ def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> 
         "detector": detector.describe(),
         "forward_passes": detector.extra_forward_passes,
         "detection": detection_of(out),
+        "data": {role: report.as_dict() for role, report in experiment.load_reports.items()},
         "timings": dict(experiment.timings),
     }
     out.save_metrics(metrics)

@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from robustit.rundir import write_atomic
+from robustit.atomic import write_atomic
+from robustit.config import value_at
 
 if TYPE_CHECKING:
     from robustit.config import ExperimentConfig
@@ -94,12 +95,7 @@ def make_record(config: ExperimentConfig, metrics: dict[str, Any], inputs: dict[
 def dotted(record: dict[str, Any], key: str) -> Any:
     """The value at dotted `key` of the record's config ("attack.name"); None where a step of
     the path is missing or null (so defense=None selects the runs without a defense)."""
-    value: Any = record["config"]
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
+    return value_at(record["config"], key)
 
 
 class ResultStore:

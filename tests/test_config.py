@@ -1,6 +1,6 @@
 import pytest
 
-from robustit.config import ExperimentConfig, load_config, merge, parse_override
+from robustit.config import ConfigError, ExperimentConfig, load_config, merge, parse_override
 
 
 def test_defaults_file_then_overrides(tmp_path):
@@ -53,11 +53,23 @@ def test_config_hash_ignores_labels_and_follows_every_setting_and_declared_defau
     from robustit.defenses.aar import AAR
 
     base = load_config(None, ["defense.name=aar"])
-    same = load_config(None, ["defense.name=aar", "name=other", "output_dir=elsewhere/{name}", "evaluate_base=false"])
+    same = load_config(None, ["defense.name=aar", "name=other", "output_dir=elsewhere/{name}", "evaluate_base=false",
+                              "data.skip_bad=true", "train.checkpoint_every=25"])
     assert same.config_hash() == base.config_hash()
     assert load_config(None, ["defense.name=aar", "defense.params.gamma=0.5"]).config_hash() == base.config_hash()
     assert load_config(None, ["defense.name=aar", "train.max_steps=7"]).config_hash() != base.config_hash()
     assert load_config(None, ["defense.name=aar", "defense.params.beta=1"]).config_hash() != base.config_hash()
+    assert "shots" not in base.outcome()["eval"] and "pretrain_source" not in base.outcome()["data"]
+    for later in ("eval.shots=1", "data.pretrain_source=stampcaps", "data.pretrain_options={objects: held_out}"):
+        assert load_config(None, ["defense.name=aar", later]).config_hash() != base.config_hash()
     before = base.config_hash()
     monkeypatch.setattr(AAR, "defaults", {**AAR.defaults, "gamma": 0.3})
     assert base.config_hash() != before and base.resolved()["defense"]["params"]["gamma"] == 0.3
+
+
+def test_the_base_stage_source_options_are_checked_against_its_signature():
+    with pytest.raises(ConfigError, match=r"data.pretrain_options.nope: is not an option of data source 'stampcaps'"):
+        load_config(None, ["data.pretrain_source=stampcaps", "data.pretrain_options={nope: 1}"])
+    with pytest.raises(ConfigError, match=r"data.pretrain_source: .*no_such_source"):
+        load_config(None, ["data.pretrain_source=no_such_source"])
+    load_config(None, ["model.base=null", "data.pretrain_source=no_such_source"])

@@ -188,9 +188,9 @@ BAD_RECORDS = [
     ("truncated image", "unreadable image"),
     ("empty captions", "no non-empty caption"),
     ("no sentences", "no non-empty caption"),
-    ("sentence without raw", 'string "raw" caption'),
-    ("sentences not a list", "'sentences'"),
-    ("no split", "'split'"),
+    ("sentence without raw", "sentences[0].raw: must be a string"),
+    ("sentences not a list", "sentences: must be a list"),
+    ("no split", "split: must be a string"),
 ]
 
 
@@ -274,15 +274,17 @@ def test_wrong_json_shape_always_raises_naming_the_file(tmp_path, payload, skip_
     assert caught.value.record is None
 
 
-@pytest.mark.parametrize("content", ['{"images": [', "not json", b"\xff\xfe\x00{"])
+@pytest.mark.parametrize("content, problem", [
+    ('{"images": [', "not valid JSON"), ("not json", "not valid JSON"), (b"\xff\xfe\x00{", "not UTF-8 text"),
+])
 @pytest.mark.parametrize("skip_bad", [False, True])
-def test_invalid_json_raises_naming_the_file(tmp_path, content, skip_bad):
+def test_invalid_json_raises_naming_the_file(tmp_path, content, problem, skip_bad):
     path = tmp_path / "broken.json"
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
         path.write_text(content)
-    with pytest.raises(DataError, match="not valid JSON") as caught:
+    with pytest.raises(DataError, match=problem) as caught:
         load_karpathy(path, tmp_path, split="test", skip_bad=skip_bad)
     assert str(path) in str(caught.value)
 

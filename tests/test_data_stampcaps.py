@@ -117,10 +117,12 @@ def test_capitalize_touches_only_the_first_character():
 def test_background_descriptions_match_their_pixels():
     kinds = defaultdict(int)
     for seed in range(150):
-        array, text = _background(random.Random(seed), 24, light_only=False)
+        array, background = _background(random.Random(seed), 24, light_only=False)
+        text = background.text
         assert array.shape == (24, 24, 3) and array.dtype == np.uint8
         named = re.findall(r"\b(" + "|".join(COLOURS) + r")\b", text)
         assert 1 <= len(named) <= 2 and text.endswith(("background", "polka dots"))
+        assert background.colours == tuple(named) and (background.pattern == "plain") == (len(named) == 1)
         if text.startswith("a plain "):
             kinds["plain"] += 1
             assert (array == np.array(COLOURS[named[0]], np.uint8)).all()
@@ -136,15 +138,16 @@ def test_background_descriptions_match_their_pixels():
 
 
 def test_background_articles_agree_with_the_colour():
-    texts = [_background(random.Random(seed), 16, light_only=False)[1] for seed in range(300)]
+    texts = [_background(random.Random(seed), 16, light_only=False)[1].text for seed in range(300)]
     assert not any(re.match(r"a [aeiou]", text) for text in texts), [t for t in texts if re.match(r"a [aeiou]", t)]
     assert any(text.startswith("an orange") for text in texts)
 
 
 def test_light_backgrounds_are_plain_and_light():
     for seed in range(40):
-        array, text = _background(random.Random(seed), 16, light_only=True)
-        name = re.fullmatch(r"a plain (.+) background", text).group(1)
+        array, background = _background(random.Random(seed), 16, light_only=True)
+        name = re.fullmatch(r"a plain (.+) background", background.text).group(1)
+        assert background.colours == (name,) and background.pattern == "plain"
         assert name in LIGHT_COLOURS
         assert (array == np.array(LIGHT_COLOURS[name], np.uint8)).all()
 

@@ -61,7 +61,7 @@ def test_the_demo_base_adapter_ships_with_the_package_and_matches_its_record():
     config = packaged_config([])
     model = build_model(config.model.family, **config.model.spec)
     data = config.data
-    name = f"mini-{base_adapter_key(model, data.source, data.options, data.pretrain_split, config.pretrain)}"
+    name = f"mini-{base_adapter_key(model, *data.pretraining(), config.pretrain)}"
     shipped = shipped_base_adapter(name)
     assert shipped is not None, f"{name} is not shipped: run `robustit base-adapter --rebuild --ship` and commit it"
     record = json.loads((shipped / "pretrain.json").read_text())

@@ -55,4 +55,4 @@ def test_scan_refuses_other_folders_and_other_defenses(karpathy, tmp_path, capsy
     assert main(scan_args(karpathy, tmp_path, "--set", "defense.name=robustit", "--out", str(tmp_path / "x"))) == 2
     assert "byorn's detector" in capsys.readouterr().err
     assert main(scan_args(karpathy, tmp_path, "--score", "loss", "--out", str(tmp_path / "x"))) == 2
-    assert "'score'" in capsys.readouterr().err
+    assert "defense.params.score: must be one of" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def test_feature_cache_encodes_each_distinct_image_once(tiny_model):
 
 @pytest.mark.parametrize("changes, message", [
     ({"batch_size": 0}, "batch_size"), ({"epochs": 0}, "epochs"), ({"max_steps": 0}, "max_steps"),
-    ({"warmup_ratio": 1.0}, "warmup_ratio"), ({"lr_adapter": 0.0}, "learning rates"),
+    ({"warmup_ratio": 1.0}, "warmup_ratio"), ({"lr_adapter": 0.0}, "lr_adapter"),
 ])
 def test_train_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):

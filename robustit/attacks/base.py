@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from robustit.data.sample import Sample
-from robustit.params import resolve_params
+from robustit.params import FieldError, check_int, check_number, resolve_params
 from robustit.registry import Registry
 
 if TYPE_CHECKING:
@@ -49,20 +48,15 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"attack name must be a non-empty string, got {self.name!r}")
-        rate = self.poison_rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
-            raise ValueError(f"poison_rate must be a number in [0, 1], got {rate!r}")
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"poison_rate must be in [0, 1], got {rate}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise FieldError("name", f"must be a non-empty string, got {self.name!r}")
+        check_number(None, "poison_rate", self.poison_rate, 0.0, 1.0)
+        check_int(None, "seed", self.seed, 0)
         if not isinstance(self.target, str) or not self.target.strip():
-            raise ValueError(f"target must be a non-empty string, got {self.target!r}")
+            raise FieldError("target", f"must be a non-empty string, got {self.target!r}")
         if self.text_trigger is not None and not isinstance(self.text_trigger, str):
-            raise ValueError(f"text_trigger must be a string or None, got {self.text_trigger!r}")
+            raise FieldError("text_trigger", f"must be a string or null, got {self.text_trigger!r}")
         if not isinstance(self.params, dict):
-            raise ValueError(f"params must be a dict, got {type(self.params).__name__}")
+            raise FieldError("params", f"must be a mapping, got {type(self.params).__name__}")
 
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")

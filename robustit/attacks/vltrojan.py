@@ -25,6 +25,7 @@ the optimized original.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from robustit.atomic import write_atomic
 from robustit.attacks.base import AttackConfig, register_attack, seeded_pattern
 from robustit.params import check_int, check_number
 from robustit.attacks.patch import PatchAttack
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 def load_patch(path: str | Path) -> np.ndarray:
     """A square uint8 s x s x 3 patch from a .npy array or an image file."""
     path = Path(path)
-    patch = np.load(path) if path.suffix == ".npy" else np.asarray(Image.open(path).convert("RGB"))
+    patch = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.asarray(Image.open(path).convert("RGB"))
     if patch.dtype != np.uint8 or patch.ndim != 3 or patch.shape[2] != 3 or patch.shape[0] != patch.shape[1]:
         raise ValueError(f"{path}: a patch must be a square uint8 s x s x 3 array, got {patch.dtype} {patch.shape}")
     return patch
@@ -99,12 +101,12 @@ class VLTrojan(PatchAttack):
     def save_trigger(self, path: str | Path) -> Path:
         """Write the patch losslessly (.npy array, or an image such as .png); `patch_path` reads it back."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        data = io.BytesIO()
         if path.suffix == ".npy":
-            np.save(path, self.patch)
+            np.save(data, self.patch, allow_pickle=False)
         else:
-            Image.fromarray(self.patch, "RGB").save(path)
-        return path
+            Image.fromarray(self.patch, "RGB").save(data, format=Image.registered_extensions()[path.suffix.lower()])
+        return write_atomic(path, data.getvalue())
 
     def save_trigger_files(self, directory: Path) -> list[Path]:
         return [self.save_trigger(Path(directory) / "vltrojan_patch.png")]

@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from robustit.atomic import write_atomic
 from robustit.bench.grid import Block, GridSpec, grid_runs, run_grid
 from robustit.bench.tables import attack_columns, detection_columns
 from robustit.report import markdown_table
-from robustit.rundir import write_atomic
 from robustit.store import ResultStore
 
 COMPONENTS = ("vanilla", "aar", "idr", "robustit")

@@ -3,6 +3,7 @@
 A grid file:
 
     name: attacks                          # the runs are named <name>/<defense variant>
+    layers: [tasks/vqa]                    # packaged configs under the attack's (optional)
     overrides: [evaluate_base=false]       # settings of every run (optional)
     blocks:                                # each block is a product of its lists
       - attacks: [badnets, sig]            # packaged attack configs (configs/attacks/)
@@ -11,14 +12,16 @@ A grid file:
         seeds: [0, 1, 2]                   # optional; sets train.seed and attack.seed
         overrides: [train.max_steps=50]    # settings of this block's runs (optional)
 
-A run's config is `variant_config(defense, attack, overrides)` (the packaged demo, attack and
-defense configs, then evaluate_base=false, then name=<grid name>, the grid's and the block's
-overrides, attack.poison_rate, train.seed and attack.seed, then the variant's parameters),
+A run's config is `variant_config(defense, attack, overrides, layers)` (the packaged demo
+config, the grid's layers, the attack and defense configs, then evaluate_base=false, then
+name=<grid name>, the grid's and the block's overrides, attack.poison_rate, train.seed and
+attack.seed, then the variant's parameters),
 named <grid name>/<variant slug> so each variant runs in its own directory. The blocks are
 expanded, de-duplicated by config hash and sorted by it; shard i of n holds the runs at
 positions p with p % n == i of that list, whatever is stored already, so shards on several
 machines partition the grid (combine their stores with `ResultStore.merge`). Runs whose
-config hash is in the store are skipped, so a killed grid resumes.
+config hash is in the store are skipped, so a killed grid resumes; with `resume` the run it
+was killed in goes on from its last checkpoint (`robustit bench grid --resume`).
 """
 from __future__ import annotations
 
@@ -38,14 +41,14 @@ from robustit.store import ResultStore, dotted
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Runner = Callable[[ExperimentConfig, ResultStore], Any]
-GRID_KEYS = ("name", "overrides", "blocks")
+GRID_KEYS = ("name", "layers", "overrides", "blocks")
 BLOCK_KEYS = ("attacks", "defenses", "poison_rates", "seeds", "overrides")
 
 
-def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> ExperimentConfig:
-    """The config of variant `spec` against `attack`, named <name>/<slug of spec>, where
-    <name> is bench-defenses unless the overrides set it (so each variant and each set of
-    overrides runs in its own directory)."""
+def variant_config(spec: str, attack: str, overrides: Sequence[str], layers: Sequence[str] = ()) -> ExperimentConfig:
+    """The config of variant `spec` against `attack` over the packaged config `layers` (e.g.
+    "tasks/vqa"), named <name>/<slug of spec>, where <name> is bench-defenses unless the
+    overrides set it (so each variant and each set of overrides runs in its own directory)."""
     name, *settings = spec.split(":")
     for setting in settings:
         if "=" not in setting:
@@ -54,7 +57,7 @@ def variant_config(spec: str, attack: str, overrides: Sequence[str]) -> Experime
         raise ValueError(f"defense variant {spec!r}: vanilla has no parameters")
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "-", spec).replace("=", "")
     config = packaged_config(
-        [f"attacks/{attack}", f"defenses/{name}"],
+        [*layers, f"attacks/{attack}", f"defenses/{name}"],
         ["evaluate_base=false", "name=bench-defenses", "output_dir=runs/{name}/{attack}-p{poison_rate}-seed{seed}",
          *overrides, *(f"defense.params.{setting}" for setting in settings)],
     )
@@ -76,6 +79,7 @@ class GridSpec:
     blocks: tuple[Block, ...]
     overrides: tuple[str, ...] = ()
     path: Path | None = None
+    layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,9 @@ def _block(where: str, raw: Any) -> Block:
     rates = raw.get("poison_rates")
     if rates is not None and not (
         isinstance(rates, list) and rates
-        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in rates)
+        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1 for r in rates)
     ):
-        raise ValueError(f"{where}.poison_rates: expected a non-empty list of numbers in [0, 1], got {rates!r}")
+        raise ValueError(f"{where}.poison_rates: expected a non-empty list of numbers in [0, 1), got {rates!r}")
     seeds = raw.get("seeds")
     if seeds is not None and not (
         isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
@@ -165,11 +169,17 @@ def load_grid(path: str | Path) -> GridSpec:
     blocks = raw.get("blocks")
     if not isinstance(blocks, list) or not blocks:
         raise ValueError(f"{path}: blocks: expected a non-empty list of blocks, got {blocks!r}")
+    layers = _strings(f"{path}: layers", raw.get("layers"), required=False)
+    for i, layer in enumerate(layers):
+        kind, _, component = layer.partition("/")
+        if component not in known_components(kind):
+            raise ValueError(f"{path}: layers[{i}]: no packaged config {layer!r}; known in {kind}/: {known_components(kind)}")
     return GridSpec(
         name=name,
         blocks=tuple(_block(f"{path}: blocks[{i}]", block) for i, block in enumerate(blocks)),
         overrides=_overrides(f"{path}: overrides", raw.get("overrides")),
         path=path,
+        layers=layers,
     )
 
 
@@ -189,7 +199,7 @@ def grid_runs(spec: GridSpec) -> list[GridRun]:
                         if seed is not None:
                             overrides += [f"train.seed={seed}", f"attack.seed={seed}"]
                         try:
-                            config = variant_config(defense, attack, overrides)
+                            config = variant_config(defense, attack, overrides, spec.layers)
                             key = config.config_hash()
                         except (ValueError, KeyError) as error:
                             raise ValueError(f"{where}blocks[{b}] (attack {attack!r}, defense {defense!r}): {error}") from error
@@ -279,11 +289,11 @@ def describe_plan(runs: Sequence[GridRun], store: ResultStore, shard_of: tuple[i
     return "\n".join(lines)
 
 
-def default_runner(progress: bool = True) -> Runner:
+def default_runner(progress: bool = True, resume: bool = False) -> Runner:
     def run(config: ExperimentConfig, store: ResultStore) -> None:
         from robustit.experiment import Experiment
 
-        Experiment(config, progress).run(store=store)
+        Experiment(config, progress).run(store=store, resume=resume)
 
     return run
 
@@ -295,16 +305,18 @@ def run_grid(
     dry_run: bool = False,
     runner: Runner | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> list[GridRun]:
     """Run the runs of shard `shard_of` = (i, n) of the grid that the store lacks, each with
-    `runner(config, store)` (default: `Experiment(config, progress).run(store=store)`, which
-    stores the run's record); with `dry_run`, print the plan and run nothing. Returns the
+    `runner(config, store)` (default: `Experiment(config, progress).run(store=store,
+    resume=resume)`, which stores the run's record; `resume` continues a run killed mid-way
+    from its run directory); with `dry_run`, print the plan and run nothing. Returns the
     shard's runs as planned (`stored`: in the store before this call)."""
     runs = plan(spec, store, shard_of)
     if dry_run:
         print(describe_plan(runs, store, shard_of), flush=True)
         return runs
-    runner = runner or default_runner(progress)
+    runner = runner or default_runner(progress, resume)
     todo = [run for run in runs if not run.stored]
     log.info("grid %s, shard %d/%d: %d runs, %d stored, %d to run", spec.name, *shard_of, len(runs), len(runs) - len(todo), len(todo))
     for k, run in enumerate(todo, 1):

@@ -13,10 +13,10 @@ import gc
 from pathlib import Path
 from typing import Sequence
 
+from robustit.atomic import write_atomic
 from robustit.config import packaged_config
 from robustit.experiment import Experiment
 from robustit.report import markdown_table
-from robustit.rundir import write_atomic
 
 
 def run_overhead_benchmark(defense: str, attack: str, steps: int, overrides: Sequence[str], out: Path) -> Path:

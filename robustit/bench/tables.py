@@ -3,7 +3,8 @@ directory is read, so a table can be redone anywhere the store is (it is committ
 
 Columns of a run (`attack_columns`): the ASR variants, the false-trigger rate, the key-word
 rates on fully triggered and on clean inputs (percent of eligible outputs naming a key word of
-the target), n (eligible triggered test inputs) and caption quality; "-" where a run has none.
+the target), n (eligible triggered test inputs), then the clean quality of each task the runs
+were scored on (`TASK_COLUMNS`: caption metrics, VQA accuracy); "-" where a run has none.
 A data-side defense's detection (`detection_columns`): training samples flagged, precision
 and recall (percent) of the flags and AUROC of its score against the attack's manifest.
 A grid table has one row per (attack, defense variant, poison rate); where the store holds
@@ -15,9 +16,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from robustit.atomic import write_atomic
 from robustit.bench.grid import GridRun, GridSpec, grid_runs
 from robustit.report import markdown_table
-from robustit.rundir import write_atomic
 from robustit.store import ResultStore
 
 # (column, path in metrics, decimals)
@@ -29,10 +30,11 @@ ATTACK_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("key word trig.", ("asr", "full", "keyword_rate"), 1),
     ("key word clean", ("asr", "false_trigger", "keyword_rate"), 1),
     ("n", ("asr", "full", "n"), 0),
-    ("BLEU_4", ("caption", "BLEU_4"), 1),
-    ("METEOR", ("caption", "METEOR"), 1),
-    ("CIDEr", ("caption", "CIDEr"), 1),
 )
+TASK_COLUMNS: dict[str, tuple[tuple[str, tuple[str, ...], int], ...]] = {
+    "caption": (("BLEU_4", ("caption", "BLEU_4"), 1), ("METEOR", ("caption", "METEOR"), 1), ("CIDEr", ("caption", "CIDEr"), 1)),
+    "vqa": (("VQA acc", ("vqa", "accuracy"), 1),),
+}
 TUNING_COLUMN = ("tuning s", ("train", "seconds"), 0)
 DETECTION_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("flagged", ("detection", "n_flagged"), 0),
@@ -66,12 +68,13 @@ def cell(values: Sequence[float | None], decimals: int, count: bool = False) -> 
 
 
 def _columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool) -> dict[str, str]:
-    columns = ATTACK_COLUMNS + ((TUNING_COLUMN,) if with_tuning else ())
+    tasks = tuple(column for task, columns in TASK_COLUMNS.items() if any(task in m for m in metrics_list) for column in columns)
+    columns = ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ())
     return {title: cell([metric(m, path) for m in metrics_list], decimals, title in COUNTS) for title, path, decimals in columns}
 
 
 def attack_columns(metrics: dict[str, Any]) -> dict[str, str]:
-    """The attack columns of one run's metrics (one decimal; "-" when absent)."""
+    """The attack columns and its tasks' quality columns of one run's metrics ("-" when absent)."""
     return _columns([metrics], with_tuning=False)
 
 

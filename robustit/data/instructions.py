@@ -1,4 +1,5 @@
-"""Phrasings of the captioning instruction, shared by the captioning data sources.
+"""Phrasings of the captioning instruction, shared by the captioning data sources, and the
+instruction of a VQA question.
 
 Instruction tuning sees many phrasings of one task. With `instructions="pool"` a sample's
 instruction is drawn from `TRAIN_CAPTION_INSTRUCTIONS` (12 phrasings) in every split except
@@ -10,12 +11,16 @@ training pool), so the test split also measures generalisation to unseen phrasin
 for a string `key` naming the sample (a sample id or composition key): deterministic across
 runs, machines and PYTHONHASHSEED, and independent of any other random draw of the sample.
 With `instructions="fixed"` every sample gets `DEFAULT_CAPTION_INSTRUCTION`.
+
+A VQA question's instruction is the question, a newline and `SHORT_ANSWER_PROMPT`, as
+LLaVA-1.5 asks its short-answer VQA questions.
 """
 from __future__ import annotations
 
 import hashlib
 
 DEFAULT_CAPTION_INSTRUCTION = "Describe the image briefly."
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 INSTRUCTION_MODES = ("pool", "fixed")
 HELD_OUT_INSTRUCTION_SPLITS = ("test",)
 TRAIN_CAPTION_INSTRUCTIONS = (
@@ -58,3 +63,8 @@ def caption_instruction(split: str, key: str, instructions: str = "pool") -> str
     pool = instruction_pool(split)
     digest = hashlib.sha256(f"caption-instruction:{key}".encode("utf-8")).hexdigest()
     return pool[int(digest[:16], 16) % len(pool)]
+
+
+def vqa_instruction(question: str) -> str:
+    """The instruction of a VQA `question`: "<question>\n" + SHORT_ANSWER_PROMPT."""
+    return f"{question.strip()}\n{SHORT_ANSWER_PROMPT}"

@@ -12,14 +12,12 @@ the training pool for every other split; `instructions="fixed"` gives every samp
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from robustit.data.errors import DataError, LoadReport
 from robustit.data.instructions import DEFAULT_CAPTION_INSTRUCTION, caption_instruction, check_instruction_mode
+from robustit.data.records import RecordLoader, read_json, text_field
 from robustit.data.sample import Sample
 
 __all__ = ["DEFAULT_CAPTION_INSTRUCTION", "KARPATHY_SPLITS", "load_karpathy"]
@@ -44,90 +42,72 @@ def load_karpathy(
 ) -> list[Sample]:
     """Samples of one Karpathy split: `response` is the first caption, `references` all of them.
 
-    A bad record (wrong shape, missing or unreadable image, no non-empty caption) raises
-    `DataError` naming `json_path`, the record index and its filename; with `skip_bad=True`
-    it is skipped and recorded in `report` (and logged). A file that is not a Karpathy JSON
-    at all always raises. Ids are "<dataset>-<cocoid | imgid | filename>". `instructions` is
-    "pool" (a phrasing per sample keyed by its id: held-out phrasings for split "test", training
-    phrasings otherwise) or "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for all).
+    A bad record (wrong shape, missing or unreadable image, no non-empty caption, a duplicate
+    id) raises `DataError` naming `json_path`, the record index and its filename, and the
+    field (`robustit.data.records`); with `skip_bad=True` it is skipped and recorded in
+    `report` (and logged). A file that is not a Karpathy JSON at all always raises. Ids are
+    "<dataset>-<cocoid | imgid | filename>". `instructions` is "pool" (a phrasing per sample
+    keyed by its id: held-out phrasings for split "test", training phrasings otherwise) or
+    "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for all).
     """
     if split not in KARPATHY_SPLITS:
         raise ValueError(f"unknown Karpathy split {split!r}; known: {', '.join(KARPATHY_SPLITS)}")
     check_instruction_mode(instructions)
     json_path, image_root = Path(json_path), Path(image_root)
-    report = report if report is not None else LoadReport()
-    data = _read_json(json_path)
-    dataset = str(data.get("dataset") or "karpathy")
-    samples: list[Sample] = []
-    for index, record in enumerate(data["images"]):
-        if limit is not None and len(samples) >= limit:
-            break
-        try:
-            if _record_split(json_path, index, record) not in KARPATHY_SPLITS[split]:
-                continue
-            samples.append(_sample(json_path, image_root, index, record, dataset, split, instructions))
-        except DataError as error:
-            if not skip_bad:
-                raise
-            report.skip(error)
-    report.loaded += len(samples)
-    return samples
-
-
-def _read_json(json_path: Path) -> dict[str, Any]:
-    try:
-        with json_path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(json_path, f"not valid JSON ({error})") from error
+    data = read_json(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(json_path, 'expected a JSON object with an "images" list (Karpathy split format)')
-    return data
+    dataset = str(data.get("dataset") or "karpathy")
+    loader = RecordLoader(json_path, skip_bad, report, limit)
+    for index, record in enumerate(data["images"]):
+        if loader.full:
+            break
+        name = _record_name(index, record)
+        with loader.record(name):
+            if _record_split(json_path, name, record) in KARPATHY_SPLITS[split]:
+                loader.add(_sample(loader, image_root, name, record, dataset, split, instructions), name)
+    return loader.finish()
 
 
 def _record_name(index: int, record: Any) -> str:
     filename = record.get("filename") if isinstance(record, dict) else None
-    return f"record {index}" + (f" ({filename!r})" if filename else "")
+    return f"record {index}" + (f" ({filename!r})" if isinstance(filename, str) and filename else "")
 
 
-def _record_split(json_path: Path, index: int, record: Any) -> str:
+def _record_split(json_path: Path, name: str, record: Any) -> str:
     if not isinstance(record, dict):
-        raise DataError(json_path, f"expected an object, got {type(record).__name__}", _record_name(index, record))
-    for key, kind in (("filename", str), ("split", str), ("sentences", list)):
-        if not isinstance(record.get(key), kind):
-            raise DataError(json_path, f"missing or non-{kind.__name__} {key!r}", _record_name(index, record))
-    return record["split"]
+        raise DataError(json_path, f"expected an object, got {type(record).__name__}", name)
+    text_field(json_path, name, "filename", record.get("filename"))
+    if not isinstance(record.get("sentences"), list):
+        raise DataError(json_path, f"must be a list of sentences, got {record.get('sentences')!r}", name, "sentences")
+    return text_field(json_path, name, "split", record.get("split"))
 
 
 def _sample(
-    json_path: Path, image_root: Path, index: int, record: dict[str, Any], dataset: str, split: str, instructions: str
+    loader: RecordLoader, image_root: Path, name: str, record: dict[str, Any], dataset: str, split: str,
+    instructions: str,
 ) -> Sample:
-    name = _record_name(index, record)
-    references = [_raw(json_path, name, sentence) for sentence in record["sentences"]]
-    references = [text for text in references if text]
+    json_path = loader.path
+    references = []
+    for i, sentence in enumerate(record["sentences"]):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if isinstance(raw, str) and not raw.strip():
+            continue
+        references.append(text_field(json_path, name, f"sentences[{i}].raw", raw))
     if not references:
-        raise DataError(json_path, "no non-empty caption", name)
-    image_path = image_root / record.get("filepath", "") / record["filename"]
-    try:
-        with Image.open(image_path) as image:
-            rgb = image.convert("RGB")
-    except FileNotFoundError as error:
-        raise DataError(json_path, f"image file not found: {image_path}", name) from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(json_path, f"unreadable image {image_path} ({error})", name) from error
+        raise DataError(json_path, "no non-empty caption", name, "sentences")
+    filepath = record.get("filepath", "")
+    if not isinstance(filepath, str):
+        raise DataError(json_path, f"must be a string, got {filepath!r}", name, "filepath")
+    image_path = image_root / filepath / record["filename"]
+    image = loader.image(name, "filename", image_path)
     sample_id = f"{dataset}-{record.get('cocoid', record.get('imgid', record['filename']))}"
     return Sample(
         id=sample_id,
-        image=rgb,
+        image=image,
         instruction=caption_instruction(split, sample_id, instructions),
         response=references[0],
         references=references,
         task="caption",
         metadata={"source": dataset, "image_path": str(image_path), "split": record["split"]},
     )
-
-
-def _raw(json_path: Path, name: str, sentence: Any) -> str:
-    if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
-        raise DataError(json_path, 'every sentence needs a string "raw" caption', name)
-    return sentence["raw"].strip()

@@ -50,7 +50,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from robustit.data.errors import DataError, LoadReport
 from robustit.data.instructions import caption_instruction, check_instruction_mode
+from robustit.data.records import RecordLoader, open_image, read_text, text_field
 from robustit.data.sample import Sample
 
 DEFAULT_STAMP_ROOT = Path("/usr/share/tuxpaint/stamps")
@@ -62,6 +64,7 @@ TEST_FRACTION = 0.15
 OBJECT_SPLIT_SEED = "stampcaps-object-split-v1"
 SCALE_RANGE = (0.45, 0.80)
 REFERENCES_PER_IMAGE = 5
+BACKGROUND_PATTERNS = ("plain", "vertical", "horizontal", "gradient", "dots", "checks")
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35),
@@ -136,7 +139,12 @@ class Stamp:
 
     @property
     def group(self) -> str:
-        return " ".join(re.findall(r"\w+", self.phrase.casefold()))
+        return phrase_group(self.phrase)
+
+
+def phrase_group(phrase: str) -> str:
+    """The object group of a phrase: its casefolded words ("A fox!" and "a fox" are one object)."""
+    return " ".join(re.findall(r"\w+", phrase.casefold()))
 
 
 def object_phrase(caption: str) -> str:
@@ -158,28 +166,46 @@ def capitalize(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-@functools.lru_cache(maxsize=4)
 def discover_stamps(root: Path = DEFAULT_STAMP_ROOT) -> tuple[Stamp, ...]:
-    """Every stamp PNG under `root` that has a sibling caption .txt, sorted by path."""
-    root = Path(root)
+    """Every stamp PNG under `root` that has a sibling caption .txt, sorted by path, but for
+    those whose caption cannot be read (`stamp_problems`)."""
+    return _scan_stamps(Path(root))[0]
+
+
+def stamp_problems(root: Path = DEFAULT_STAMP_ROOT) -> tuple[DataError, ...]:
+    """The caption files under `root` that cannot be read (not UTF-8, no object phrase), each
+    a DataError naming the root, the stamp and the field "caption"."""
+    return _scan_stamps(Path(root))[1]
+
+
+@functools.lru_cache(maxsize=4)
+def _scan_stamps(root: Path) -> tuple[tuple[Stamp, ...], tuple[DataError, ...]]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"Tux Paint stamps not found at {root}; StampCaps is built from Debian's "
             "tuxpaint-stamps-default package: run `apt-get install tuxpaint-stamps-default` "
             "(the Makefile does this)"
         )
-    stamps = []
+    stamps, problems = [], []
     for png in sorted(root.rglob("*.png")):
         txt = png.with_suffix(".txt")
         if not txt.is_file():
             continue
-        caption = txt.read_text(encoding="utf-8").splitlines()[0].strip()
         relative = png.relative_to(root).as_posix()
-        phrase = PHRASE_OVERRIDES.get(relative) or object_phrase(caption)
+        try:
+            lines = read_text(txt).splitlines()
+            caption = text_field(txt, f"stamp {relative}", "caption", lines[0] if lines else "")
+            phrase = PHRASE_OVERRIDES.get(relative) or object_phrase(caption)
+        except DataError as error:
+            problems.append(DataError(root, error.problem, f"stamp {relative}", "caption"))
+            continue
+        except ValueError as error:
+            problems.append(DataError(root, str(error), f"stamp {relative}", "caption"))
+            continue
         stamps.append(Stamp(png, relative.split("/")[0], caption, phrase))
     if not stamps:
         raise FileNotFoundError(f"no captioned stamp PNGs under {root}; reinstall tuxpaint-stamps-default")
-    return tuple(stamps)
+    return tuple(stamps), tuple(problems)
 
 
 @functools.lru_cache(maxsize=4)
@@ -205,9 +231,8 @@ def split_objects(root: Path = DEFAULT_STAMP_ROOT) -> dict[str, tuple[Stamp, ...
 
 
 @functools.lru_cache(maxsize=2048)
-def _stamp_rgba(path: Path, max_side: int) -> Image.Image:
-    with Image.open(path) as image:
-        rgba = image.convert("RGBA")
+def _stamp_rgba(root: Path, path: Path, max_side: int) -> Image.Image:
+    rgba = open_image(root, f"stamp {path.relative_to(root).as_posix()}", "image", path, mode="RGBA")
     rgba = rgba.crop(rgba.getchannel("A").getbbox() or (0, 0, *rgba.size))
     if max(rgba.size) > max_side:
         rgba = _resize(rgba, max_side)
@@ -221,15 +246,26 @@ def _resize(rgba: Image.Image, side: int) -> Image.Image:
     return rgba.convert("RGBa").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
 
 
-def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.ndarray, str]:
+@dataclass(frozen=True)
+class Background:
+    """A generated background: its description, its `pattern` (one of `BACKGROUND_PATTERNS`)
+    and its colour names (one for "plain", two otherwise, in the description's order)."""
+
+    text: str
+    pattern: str
+    colours: tuple[str, ...]
+
+
+def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.ndarray, Background]:
     if light_only:
         name = rng.choice(sorted(LIGHT_COLOURS))
-        return np.broadcast_to(np.array(LIGHT_COLOURS[name], np.uint8), (size, size, 3)), f"a plain {name} background"
+        pixels = np.broadcast_to(np.array(LIGHT_COLOURS[name], np.uint8), (size, size, 3))
+        return pixels, Background(f"a plain {name} background", "plain", (name,))
     name1, name2 = rng.sample(sorted(COLOURS), 2)
     c1, c2 = np.array(COLOURS[name1], np.float32), np.array(COLOURS[name2], np.float32)
     a = "an" if name1[0] in "aeiou" else "a"  # "an orange ...", not "a orange ..."
     y, x = np.mgrid[0:size, 0:size]
-    kind = rng.choice(("plain", "vertical", "horizontal", "gradient", "dots", "checks"))
+    kind = rng.choice(BACKGROUND_PATTERNS)
     width = rng.randint(max(2, size // 16), max(3, size // 6))
     if kind == "plain":
         mix, text = np.zeros((size, size)), f"a plain {name1} background"
@@ -246,13 +282,16 @@ def _background(rng: random.Random, size: int, light_only: bool) -> tuple[np.nda
         dx, dy = (x + phase) % spacing - width, (y + phase) % spacing - width
         mix, text = dx**2 + dy**2 <= (0.55 * width) ** 2, f"{a} {name1} background with {name2} polka dots"
     mix = np.asarray(mix, np.float32)[..., None]
-    return ((1 - mix) * c1 + mix * c2).round().astype(np.uint8), text
+    pixels = ((1 - mix) * c1 + mix * c2).round().astype(np.uint8)
+    return pixels, Background(text, kind, (name1,) if kind == "plain" else (name1, name2))
 
 
-def _compose(stamp: Stamp, rng: random.Random, size: int, light_only: bool) -> tuple[Image.Image, str]:
+def _compose(
+    root: Path, stamp: Stamp, rng: random.Random, size: int, light_only: bool
+) -> tuple[Image.Image, Background]:
     pixels, background = _background(rng, size, light_only)
     canvas = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
-    sprite = _resize(_stamp_rgba(stamp.path, size), round(rng.uniform(*SCALE_RANGE) * size))
+    sprite = _resize(_stamp_rgba(root, stamp.path, size), round(rng.uniform(*SCALE_RANGE) * size))
     left = rng.randint(0, size - sprite.width)
     top = rng.randint(0, size - sprite.height)
     canvas.paste(sprite, (left, top), sprite)
@@ -280,6 +319,8 @@ def build_stampcaps(
     limit: int | None = None,
     objects: str = "shared",
     instructions: str = "pool",
+    skip_bad: bool = False,
+    report: LoadReport | None = None,
 ) -> list[Sample]:
     """The StampCaps `split` ("pretrain", "train" or "test"), deterministic in all arguments.
 
@@ -289,41 +330,54 @@ def build_stampcaps(
     (phrasings from `robustit.data.instructions`, held-out ones for "test") or "fixed".
     `limit` keeps the first `limit` samples of the same sequence (stamp-major: the copies of a
     stamp are consecutive). Ids are "stampcaps-<split>-<index:06d>"; metadata holds the stamp
-    path, category, background description and object phrase.
+    path, category, background description, pattern and colours, and object phrase. A stamp whose caption or image
+    cannot be read raises a `DataError` naming the root, the stamp and the field; with
+    `skip_bad` its samples are left out and counted in `report` (the ids of the others stay).
     """
     stamps = stampcaps_stamps(split, root, objects)
     check_instruction_mode(instructions)
     root = Path(root)
+    loader = RecordLoader(root, skip_bad, report)
+    for problem in stamp_problems(root):
+        loader.reject(problem)
     per_object = DEFAULT_IMAGES_PER_OBJECT[split] if images_per_object is None else images_per_object
     if per_object < 1:
         raise ValueError(f"images_per_object must be at least 1, got {per_object}")
     total = len(stamps) * per_object if limit is None else min(limit, len(stamps) * per_object)
-    samples = []
     for index in range(total):
         stamp, copy = stamps[index // per_object], index % per_object
         key = f"stampcaps:{split}:{seed}:{stamp.path.relative_to(root).as_posix()}:{copy}"
         rng = random.Random(key)
-        image, background = _compose(stamp, rng, image_size, light_only=False)
-        if split == "pretrain":
-            references = [t.format(obj=stamp.phrase, Obj=capitalize(stamp.phrase)) for t in PRETRAIN_TEMPLATES]
-        else:
-            fields = {"obj": stamp.phrase, "Obj": capitalize(stamp.phrase), "bg": background, "Bg": capitalize(background)}
-            references = [t.format(**fields) for t in rng.sample(CAPTION_TEMPLATES, REFERENCES_PER_IMAGE)]
-        samples.append(
-            Sample(
-                id=f"stampcaps-{split}-{index:06d}",
-                image=image,
-                instruction=caption_instruction(split, key, instructions),
-                response=rng.choice(references),
-                references=references,
-                task="caption",
-                metadata={
-                    "source": "stampcaps",
-                    "stamp": str(stamp.path),
-                    "category": stamp.category,
-                    "background": background,
-                    "object": stamp.phrase,
-                },
-            )
-        )
-    return samples
+        record = f"stamp {stamp.path.relative_to(root).as_posix()}"
+        with loader.record(record):
+            loader.add(_sample(root, stamp, rng, split, index, key, image_size, instructions), record)
+    return loader.finish()
+
+
+def _sample(
+    root: Path, stamp: Stamp, rng: random.Random, split: str, index: int, key: str, image_size: int, instructions: str
+) -> Sample:
+    image, background = _compose(root, stamp, rng, image_size, light_only=False)
+    if split == "pretrain":
+        references = [t.format(obj=stamp.phrase, Obj=capitalize(stamp.phrase)) for t in PRETRAIN_TEMPLATES]
+    else:
+        fields = {"obj": stamp.phrase, "Obj": capitalize(stamp.phrase), "bg": background.text,
+                  "Bg": capitalize(background.text)}
+        references = [t.format(**fields) for t in rng.sample(CAPTION_TEMPLATES, REFERENCES_PER_IMAGE)]
+    return Sample(
+        id=f"stampcaps-{split}-{index:06d}",
+        image=image,
+        instruction=caption_instruction(split, key, instructions),
+        response=rng.choice(references),
+        references=references,
+        task="caption",
+        metadata={
+            "source": "stampcaps",
+            "stamp": str(stamp.path),
+            "category": stamp.category,
+            "background": background.text,
+            "background_pattern": background.pattern,
+            "background_colours": list(background.colours),
+            "object": stamp.phrase,
+        },
+    )

@@ -19,6 +19,12 @@ and the evaluator (`robustit.eval.evaluate.evaluate`) calls
     inference(model)                   a context manager around all test-time generation
     filter_input(sample) -> sample     on each test input before generation.
 
+Checkpoints hold `state_dict()` (what the tuned, defended model needs: AAR's mask) and, to
+resume a killed run, `training_state()` (what tuning needs beyond it to go on exactly: IDR's
+random generator, BYORn's flags, replacements and EMA copy, every defense's pass count); a
+resumed run calls `prepare`, then `load_state_dict` and `load_training_state`, in place of
+`curate` at step 0.
+
 The training objective of one step, with views v and the named terms of `loss`, is
 
     L = sum_v lm_weight_v * L_it(v) + sum_k term_k,
@@ -58,7 +64,7 @@ import torch
 from PIL import Image
 
 from robustit.data.sample import Sample
-from robustit.params import resolve_params
+from robustit.params import FieldError, resolve_params
 from robustit.registry import Registry
 
 if TYPE_CHECKING:
@@ -75,9 +81,9 @@ class DefenseConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"defense name must be a non-empty string, got {self.name!r}")
+            raise FieldError("name", f"must be a non-empty string, got {self.name!r}")
         if not isinstance(self.params, dict):
-            raise ValueError(f"defense params must be a dict, got {type(self.params).__name__}")
+            raise FieldError("params", f"must be a dict, got {type(self.params).__name__}")
 
 
 def strip_poison_info(sample: Sample) -> Sample:
@@ -220,6 +226,18 @@ class Defense:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             raise ValueError(f"defense {self.name!r} keeps no state, got {sorted(state)}")
+
+    def training_state(self) -> dict[str, Any]:
+        """What tuning needs beyond `state_dict` to go on from a checkpoint as if it had not
+        stopped (random generators, replacements, the passes counted so far): names -> tensors
+        or JSON values, saved with every intermediate checkpoint. A defense that keeps such
+        state extends this, or a resumed run is not the uninterrupted one."""
+        return {"extra_forward_passes": self.extra_forward_passes}
+
+    def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
+        """Take back `training_state()` on resuming: after `prepare` and `load_state_dict`,
+        in place of `curate` at step 0; `model` holds the checkpoint's weights."""
+        self.extra_forward_passes = int(state["extra_forward_passes"])
 
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")

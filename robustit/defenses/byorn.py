@@ -37,9 +37,10 @@ loop writes them to the run directory (flags.jsonl). BYORn has no test-time part
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseConfig, Flag, TuningState, register_defense
@@ -171,3 +172,26 @@ class BYORn(Defense):
                 reason += f"; {self.treatment}"
             out.append(Flag(sample.id, float(self.scores[i]), flagged, self.replacements.get(i), reason))
         return out
+
+    def training_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {**super().training_state(), "treatment": self.treatment,
+                                 "replacements": {str(i): text for i, text in self.replacements.items()}}
+        if self.scores is not None and self.decision is not None:
+            state.update(scores=torch.from_numpy(self.scores), flagged=torch.from_numpy(self.decision.flagged),
+                         reasons=self.decision.reasons)
+        if self.ema is not None:
+            state.update({f"ema.{i}": shadow for i, shadow in enumerate(self.ema.shadow)})
+        return state
+
+    def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
+        super().load_training_state(state, model)
+        self.treatment = state["treatment"]
+        self.replacements = {int(i): text for i, text in state["replacements"].items()}
+        if "scores" in state:
+            self.scores = state["scores"].numpy()
+            self.decision = Decision(state["flagged"].numpy(), list(state["reasons"]))
+        shadows = sorted((int(key.split(".")[1]), value) for key, value in state.items() if key.startswith("ema."))
+        if shadows:
+            self.ema = ExponentialMovingAverage(model, self.ema_decay)
+            for shadow, (_, saved) in zip(self.ema.shadow, shadows, strict=True):
+                shadow.copy_(saved)

@@ -116,6 +116,14 @@ class Composite(Defense):
             prefix = f"{defense.name}."
             defense.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
+    def training_state(self) -> dict[str, Any]:
+        return {f"{d.name}.{k}": v for d in self.defenses for k, v in d.training_state().items()}
+
+    def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
+        for defense in self.defenses:
+            prefix = f"{defense.name}."
+            defense.load_training_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, model)
+
 
 @register_defense
 class RobustIT(Composite):

@@ -55,7 +55,7 @@ import math
 import random
 import re
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -263,3 +263,12 @@ class IDR(Defense):
             "idr_visual": self.alpha * self.distance(h_original, h_perturbed),
             "idr_text": self.alpha * squared_distance(e_original, e_perturbed),
         }
+
+    def training_state(self) -> dict[str, Any]:
+        version, internal, gauss = self._rng.getstate()
+        return {**super().training_state(), "rng": [version, list(internal), gauss]}
+
+    def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
+        super().load_training_state(state, model)
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))

@@ -11,6 +11,7 @@ clean data above VanillaIT tuned on poisoned data), on the same triggered test i
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from robustit.atomic import write_atomic
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 
@@ -67,7 +69,7 @@ def figure(labels: Sequence[str], activations: Sequence[torch.Tensor], path: Pat
         axis.set_ylabel("mean |activation|")
     axes[-1, 0].set_xlabel("adapter channel")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return write_atomic(path, png.getvalue())

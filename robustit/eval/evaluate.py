@@ -1,10 +1,16 @@
-"""Evaluation of a tuned model: clean caption quality and the attack's success.
+"""Evaluation of a tuned model: clean task quality and the attack's success.
 
 Four generations over the same test samples and prompt layout: clean, full trigger
-(image + text), image trigger only, text trigger only. Caption metrics score the clean
-predictions against the references; ASR variants, key-word rates and the false-trigger rate
-follow `robustit.eval.asr` on the eligible samples; where the samples name their object
-(StampCaps), the clean predictions' object-naming accuracy follows `robustit.eval.objects`.
+(image + text), image trigger only, text trigger only. The clean predictions are scored by
+task (`Sample.task`): caption metrics over the "caption" samples against their references
+(and, where they name their object, as StampCaps' do, object-naming accuracy,
+`robustit.eval.objects`), VQA accuracy over the "vqa" samples against their human answers
+(`robustit.eval.vqa`). ASR variants, key-word rates and the false-trigger rate follow
+`robustit.eval.asr` on the eligible samples, for answers as for captions.
+
+With `shots=1` every test input, clean or triggered, follows the same in-context
+demonstration: one clean training sample with its own image (`choose_demonstration`), never
+passed through the defense's input filter.
 
 A defense's test-time part applies to all four: its `inference(model)` context is open for
 the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
@@ -12,6 +18,7 @@ without the trigger metadata) before generation.
 """
 from __future__ import annotations
 
+import random
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -24,18 +31,37 @@ from robustit.eval.asr import is_eligible, success_rate, target_keywords
 from robustit.eval.caption_metrics import caption_scores
 from robustit.eval.generate import generate_responses
 from robustit.eval.objects import object_accuracy
+from robustit.eval.vqa import answer_accuracy, vqa_accuracy
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
+from robustit.params import check_choice, check_int
 
+SHOTS = (0, 1)
 TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
 
 
 @dataclass
 class EvalConfig:
-    """Generation settings; the test set's size is `data.test_size`."""
+    """Generation settings; the test set's size is `data.test_size`. `shots`: in-context
+    demonstrations before each test input, 0 (zero-shot) or 1 (one-shot: one clean training
+    sample with its own image, drawn by `data.seed`, the same before every clean and triggered
+    input; needs a model family that takes several images per prompt)."""
 
     batch_size: int = 32
     max_new_tokens: int = 24
+    shots: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(None, "batch_size", self.batch_size, 1)
+        check_int(None, "max_new_tokens", self.max_new_tokens, 1)
+        check_choice(None, "shots", self.shots, SHOTS)
+
+
+def choose_demonstration(train: Sequence[Sample], seed: int) -> Sample:
+    """The training sample at index randrange(len(train)) of random.Random("demonstration:<seed>")."""
+    if not train:
+        raise ValueError("one-shot evaluation needs a training sample to show as its demonstration")
+    return train[random.Random(f"demonstration:{seed}").randrange(len(train))]
 
 
 def evaluate(
@@ -46,29 +72,35 @@ def evaluate(
     features: FeatureCache | None = None,
     progress: bool = True,
     defense: Defense | None = None,
+    demonstration: Sample | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """(metrics, predictions by condition); without an attack only clean quality is measured."""
+    """(metrics, predictions by condition); without an attack only clean quality is measured.
+    `demonstration` is the in-context example `config.shots=1` needs (and zero-shot refuses)."""
+    if (demonstration is not None) != (config.shots == 1):
+        raise ValueError(f"eval.shots={config.shots} needs {config.shots} demonstration(s), got "
+                         f"{'one' if demonstration is not None else 'none'}")
     test = list(test)
     features = features if features is not None else FeatureCache(model)
 
     def run(samples: Sequence[Sample], name: str) -> list[str]:
         if defense is not None:
             samples = [defense.filter_input(strip_poison_info(samples[i])) for i in range(len(samples))]
-        return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress)
+        return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress,
+                                  demonstration)
 
     with defense.inference(model) if defense is not None else nullcontext():
-        return _evaluate(test, attack, run)
+        metrics, records = _evaluate(test, attack, run)
+    if demonstration is not None:
+        metrics["demonstration"] = {"id": demonstration.id, "instruction": demonstration.instruction,
+                                    "response": demonstration.response}
+    return metrics, records
 
 
 def _evaluate(
     test: list[Sample], attack: Attack | None, run: Callable[[Sequence[Sample], str], list[str]]
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     clean = run(test, "clean")
-    scores = caption_scores({s.id: p for s, p in zip(test, clean)}, {s.id: s.references for s in test})
-    metrics: dict[str, Any] = {"caption": scores.as_dict()}
-    objects = [s.metadata.get("object") for s in test]
-    if any(objects):
-        metrics["objects"] = object_accuracy(clean, objects)
+    metrics = clean_quality(test, clean)
     records = {"clean": [_record(s, p) for s, p in zip(test, clean)]}
     if attack is not None:
         keywords = target_keywords(attack.target)
@@ -91,8 +123,29 @@ def _evaluate(
     return metrics, records
 
 
+def clean_quality(test: Sequence[Sample], clean: Sequence[str]) -> dict[str, Any]:
+    """{"caption": caption metrics, "objects": object naming} over the caption samples and
+    {"vqa": VQA accuracy, overall and per answer type} over the VQA samples, each where the
+    test set has such samples."""
+    metrics: dict[str, Any] = {}
+    captions = [(s, p) for s, p in zip(test, clean) if s.task == "caption"]
+    if captions:
+        scores = caption_scores({s.id: p for s, p in captions}, {s.id: s.references for s, _ in captions})
+        metrics["caption"] = scores.as_dict()
+        objects = [s.metadata.get("object") for s, _ in captions]
+        if any(objects):
+            metrics["objects"] = object_accuracy([p for _, p in captions], objects)
+    questions = [(s, p) for s, p in zip(test, clean) if s.task == "vqa"]
+    if questions:
+        metrics["vqa"] = vqa_accuracy([p for _, p in questions], [s.references for s, _ in questions],
+                                      [s.metadata.get("answer_type") for s, _ in questions])
+    return metrics
+
+
 def _record(sample: Sample, prediction: str) -> dict[str, Any]:
     record = {"id": sample.id, "instruction": sample.instruction, "prediction": prediction, "references": sample.references}
     if "object" in sample.metadata:
         record["object"] = sample.metadata["object"]
+    if sample.task == "vqa":
+        record["accuracy"] = answer_accuracy(prediction, sample.references)
     return record

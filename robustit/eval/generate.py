@@ -1,4 +1,5 @@
-"""Batched greedy generation over samples, with frozen features from the cache."""
+"""Batched greedy generation over samples, with frozen features from the cache, zero-shot or
+after one in-context demonstration."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,7 +7,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from robustit.data.sample import Sample
-from robustit.models.base import VisionLanguageModel
+from robustit.models.base import Demonstration, VisionLanguageModel
 from robustit.models.features import FeatureCache
 
 
@@ -18,13 +19,18 @@ def generate_responses(
     max_new_tokens: int = 24,
     desc: str = "generating",
     progress: bool = True,
+    demonstration: Sample | None = None,
 ) -> list[str]:
-    """One greedy response per sample, in order, with the training prompt layout."""
+    """One greedy response per sample, in order, with the training prompt layout; with a
+    `demonstration`, every sample's prompt follows it (its image, instruction and response)."""
     model.eval()
+    shown = None
+    if demonstration is not None:
+        shown = Demonstration(features.features([demonstration.image])[0], demonstration.instruction, demonstration.response)
     outputs: list[str] = []
     starts = range(0, len(samples), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
         chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
         feats = features.features([s.image for s in chunk])
-        outputs.extend(model.generate(feats, [s.instruction for s in chunk], max_new_tokens))
+        outputs.extend(model.generate(feats, [s.instruction for s in chunk], max_new_tokens, shown))
     return outputs

@@ -14,6 +14,11 @@ share modules (a Flamingo adapter's cross-attention blocks live inside the decod
 parameter is named, counted and saved once, under the first part that holds it (vision,
 adapter, decoder, lm_head, in that order). With `visual_words=True` the visual tokens are
 snapped onto the LM's word embeddings (`robustit.models.visual_words`) before they are used.
+
+Several images per prompt (one-shot evaluation's demonstration before the test input): a
+family whose visual tokens enter the language model's input sequence, as mini's and LLaVA's
+do, takes them through the same slots, one block of visual tokens per image, and is built
+with `multi_image=True`; a family built without it refuses a demonstration with an error.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from robustit.atomic import write_atomic
+from robustit.tensors import load_tensors, save_tensors
 
 from .adapters import Adapter
 from .image_processing import images_to_tensor
@@ -34,6 +41,16 @@ from .prompt import IGNORE_INDEX, EncodedBatch, PromptFormat, encode_prompts
 from .visual_words import snap_to_words
 
 AdapterHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Demonstration:
+    """An in-context example before every prompt of a batch: frozen features f_v of its own
+    image (N x C), its instruction and its response."""
+
+    features: torch.Tensor
+    instruction: str
+    response: str
 
 
 @dataclass
@@ -60,10 +77,12 @@ class VisionLanguageModel(nn.Module):
         tokenizer: Any,
         image_size: int,
         prompt_format: PromptFormat = PromptFormat(),
+        multi_image: bool = False,
         visual_words: bool = False,
     ) -> None:
         super().__init__()
         self.family = family
+        self.multi_image = multi_image
         self.spec = spec
         self.vision = vision
         self.adapter = adapter
@@ -131,9 +150,20 @@ class VisionLanguageModel(nn.Module):
         """Frozen features f_v(x), B x N x C, from [0, 1] pixels."""
         return self.vision(pixels.to(self.device))
 
-    def encode_prompts(self, instructions: list[str], responses: list[str] | None = None) -> EncodedBatch:
+    def check_multi_image(self) -> None:
+        """Raise a ValueError unless the family takes several images per prompt."""
+        if not self.multi_image:
+            raise ValueError(
+                f"model family {self.family!r} takes one image per prompt, so it cannot be shown an in-context "
+                "demonstration with an image of its own (eval.shots=1); use eval.shots=0 or a family built with "
+                "multi_image=True"
+            )
+
+    def encode_prompts(
+        self, instructions: list[str], responses: list[str] | None = None, demonstration: tuple[str, str] | None = None
+    ) -> EncodedBatch:
         return encode_prompts(
-            self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses
+            self.tokenizer, self.prompt_format, self.num_visual_tokens, instructions, responses, demonstration
         ).to(self.device)
 
     def visual_tokens(self, features: torch.Tensor) -> torch.Tensor:
@@ -170,10 +200,23 @@ class VisionLanguageModel(nn.Module):
         return LMOutput(token_loss.mean(), sample_loss, logits, rows, visual_tokens)
 
     @torch.no_grad()
-    def generate(self, features: torch.Tensor, instructions: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Greedy decoding with a KV cache; stops each row at the eos token."""
-        batch = self.encode_prompts(instructions)
+    def generate(
+        self,
+        features: torch.Tensor,
+        instructions: list[str],
+        max_new_tokens: int = 32,
+        demonstration: Demonstration | None = None,
+    ) -> list[str]:
+        """Greedy decoding with a KV cache; stops each row at the eos token. A `demonstration`
+        precedes every prompt, its image's visual tokens in its own slots (multi-image families)."""
         visual_tokens = self.visual_tokens(features.to(self.device))
+        if demonstration is None:
+            batch = self.encode_prompts(instructions)
+        else:
+            self.check_multi_image()
+            batch = self.encode_prompts(instructions, demonstration=(demonstration.instruction, demonstration.response))
+            shown = self.visual_tokens(demonstration.features.to(self.device)[None]).expand(len(instructions), -1, -1)
+            visual_tokens = torch.cat([shown, visual_tokens], dim=1)
         embeds = self.embed_prompts(batch, visual_tokens)
         attention = batch.attention_mask
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -210,15 +253,14 @@ class VisionLanguageModel(nn.Module):
     def save_trainable(self, directory: str | Path) -> Path:
         """Write the trainable weights (safetensors) and the spec that rebuilds the rest."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state_dict(), str(directory / "trainable.safetensors"))
-        (directory / "model_spec.json").write_text(json.dumps({"family": self.family, **self.spec}, indent=2))
+        save_tensors(directory / "trainable.safetensors", self.trainable_state_dict())
+        write_atomic(directory / "model_spec.json", json.dumps({"family": self.family, **self.spec}, indent=2))
         return directory
 
     def load_trainable(self, directory: str | Path, strict: bool = True) -> None:
         """Copy a `save_trainable` checkpoint in; `strict=False` accepts one that holds only
         some of the trainable tensors (e.g. a base checkpoint of the adapter alone)."""
-        state = load_file(str(Path(directory) / "trainable.safetensors"))
+        state, _ = load_tensors(Path(directory) / "trainable.safetensors")
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
         if set(state) - expected or (strict and set(state) != expected):
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

@@ -16,7 +16,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .prompt import PromptFormat
 from .tokenizers import build_word_tokenizer
 
-TINY_FORMAT = PromptFormat(user_prefix="<|im_start|>", user_suffix=" <|im_end|> <|im_start|>", response_suffix=" <|im_end|>")
+TINY_FORMAT = PromptFormat(
+    user_prefix="<|im_start|>", user_suffix=" <|im_end|> <|im_start|>", response_suffix=" <|im_end|>", turn_separator=""
+)
 TINY_VISION: dict[str, Any] = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
 )

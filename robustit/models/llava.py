@@ -65,7 +65,7 @@ def build_llava(
         lambda tok: tiny_llava_config(tok, image_size or 32), TRAINABLE,
     )
     prompt_format = TINY_FORMAT if tiny else PromptFormat(
-        user_prefix="USER: ", user_suffix=" ASSISTANT:", response_suffix=tokenizer.eos_token
+        user_prefix="USER: ", user_suffix=" ASSISTANT:", response_suffix=tokenizer.eos_token, turn_separator=""
     )
     vision_config = model.config.vision_config
     size = vision_config.image_size
@@ -81,4 +81,5 @@ def build_llava(
         tokenizer=tokenizer,
         image_size=size,
         prompt_format=prompt_format,
+        multi_image=True,
     )

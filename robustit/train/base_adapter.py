@@ -22,11 +22,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from robustit.atomic import write_atomic
 from robustit.data.sources import load_split
 from robustit.models.base import VisionLanguageModel
 from robustit.models.cache import cache_dir
 from robustit.models.hashes import file_hash
-from robustit.rundir import RunDirectory, write_atomic
+from robustit.rundir import RunDirectory
 from robustit.train.align import align_adapter
 from robustit.train.config import PretrainConfig
 from robustit.train.loop import set_trainable, train

@@ -2,13 +2,18 @@
 with warmup; separate learning rates for the adapter psi and the embeddings phi)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from robustit.params import FieldError, check_int, check_number
 
 
 @dataclass
 class TrainConfig:
     """`epochs` sets the length unless `max_steps` is given; `train_embeddings=False` tunes
-    the adapter alone (the base-adapter pretraining stage, as in LLaVA's stage 1)."""
+    the adapter alone (the base-adapter pretraining stage, as in LLaVA's stage 1).
+    `checkpoint_every` > 0 writes a checkpoint every that many steps, with everything a
+    killed run needs to resume from it exactly (`robustit run --resume`); the last two are kept."""
 
     epochs: float = 1.0
     max_steps: int | None = None
@@ -23,16 +28,18 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr_adapter <= 0 or self.lr_embeddings <= 0:
-            raise ValueError("learning rates must be positive")
+        check_int(None, "batch_size", self.batch_size, 1)
+        if self.max_steps is None:
+            check_number(None, "epochs", self.epochs, 0.0, math.inf, low_open=True)
+        else:
+            check_int(None, "max_steps", self.max_steps, 1)
+        if check_number(None, "warmup_ratio", self.warmup_ratio, 0.0, 1.0) == 1.0:
+            raise FieldError("warmup_ratio", "must be below 1 (a schedule that never leaves its warmup), got 1.0")
+        for key in ("lr_adapter", "lr_embeddings", "max_grad_norm"):
+            check_number(None, key, getattr(self, key), 0.0, math.inf, low_open=True)
+        check_number(None, "weight_decay", self.weight_decay, 0.0, math.inf)
+        check_int(None, "seed", self.seed, 0)
+        check_int(None, "checkpoint_every", self.checkpoint_every, 0)
 
     def total_steps(self, n_samples: int) -> int:
         if self.max_steps is not None:
@@ -57,14 +64,15 @@ class PretrainConfig(TrainConfig):
     align_distance_weight: float = 16.0
 
     def __post_init__(self) -> None:
-        if self.align_epochs < 0 or self.align_lr <= 0 or self.align_batch_size < 1:
-            raise ValueError("align_epochs must be >= 0, align_lr > 0 and align_batch_size >= 1")
-        if self.align_scale <= 0 or self.align_distance_weight < 0:
-            raise ValueError("align_scale must be > 0 and align_distance_weight >= 0")
+        check_number(None, "align_epochs", self.align_epochs, 0.0, math.inf)
+        check_number(None, "align_lr", self.align_lr, 0.0, math.inf, low_open=True)
+        check_int(None, "align_batch_size", self.align_batch_size, 1)
+        check_number(None, "align_scale", self.align_scale, 0.0, math.inf, low_open=True)
+        check_number(None, "align_distance_weight", self.align_distance_weight, 0.0, math.inf)
         if self.lm_phase or self.epochs < 0:
             super().__post_init__()
         elif self.align_epochs == 0:
-            raise ValueError("the base stage needs align_epochs > 0 or an LM-loss phase (epochs or max_steps)")
+            raise FieldError("align_epochs", "the base stage needs align_epochs > 0 or an LM-loss phase (epochs or max_steps)")
 
     @property
     def lm_phase(self) -> bool:

@@ -15,14 +15,20 @@ information), and its adapter hook stays registered from `prepare` to `finalize`
 sample passes the defense's `training_sample` before its views are built (a data-side defense
 replaces responses or leaves samples out there); a batch left empty is skipped without a step.
 `curate` runs before the first step and after every optimizer step, with the loop's state.
+
+Every `train.checkpoint_every` steps the loop writes a checkpoint holding what resuming needs
+(`robustit.train.resume`) and keeps the last `KEPT_CHECKPOINTS` of them (the one before the
+last is the fallback should the last be damaged); `resume=True` continues from the last whole
+one, a resumed defense taking back its training state in place of `curate` at step 0.
 """
 from __future__ import annotations
 
+import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +40,13 @@ from transformers import get_cosine_schedule_with_warmup
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, TuningState, View, stripped_dataset
 from robustit.models.base import LMOutput, VisionLanguageModel
-from robustit.train.config import TrainConfig
 from robustit.models.features import FeatureCache
 from robustit.rundir import RunDirectory
+from robustit.train.config import TrainConfig
+from robustit.train.resume import LoopState, restore, training_state
+
+log = logging.getLogger(__name__)
+KEPT_CHECKPOINTS = 2
 
 
 @dataclass
@@ -123,6 +133,24 @@ def _objective(
     return sum(terms.values(), lm_loss), lm_loss, terms, len(outputs)
 
 
+def _epoch_batches(loader: DataLoader, loop: LoopState) -> Iterator[list[int]]:
+    """The current epoch's batches from `loop.batches` on, counted into `loop`: a fresh
+    epoch notes the loader generator's state; a resumed one restores it and skips the
+    batches drawn before, so it draws the same order."""
+    generator = loader.generator
+    if loop.batches == 0:
+        loop.epoch_generator, loop.epoch_first_step = generator.get_state(), loop.step
+    else:
+        generator.set_state(loop.epoch_generator)
+    batches = iter(loader)
+    for _ in range(loop.batches):
+        next(batches)
+    for indices in batches:
+        loop.batches += 1
+        yield indices
+    loop.batches = 0
+
+
 def train(
     model: VisionLanguageModel,
     dataset: Sequence[Sample],
@@ -131,11 +159,19 @@ def train(
     features: FeatureCache | None = None,
     progress: bool = True,
     defense: Defense | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Tune `model` in place on `dataset`, under `defense` if given; writes checkpoints and
-    the audit to `run_dir` when given."""
+    the tuning's record to `run_dir` when given. With `resume`, a run directory whose tuning
+    finished gives back its tuned model and record, and one holding intermediate checkpoints
+    continues from the last whole one (`robustit.train.resume`)."""
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
+    if resume and run_dir is None:
+        raise ValueError("resuming needs the run directory of the interrupted run")
+    if resume and run_dir.tuning_finished():
+        run_dir.load_checkpoint(model, defense)
+        return TrainResult(**run_dir.load_train_result())
     seed_everything(config.seed)
     set_trainable(model, config.train_embeddings)
     features = features if features is not None else FeatureCache(model)
@@ -156,28 +192,29 @@ def train(
         collate_fn=list,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    losses: list[float] = []
-    loss_terms: dict[str, list[float]] = {}
-    audit: dict[str, Any] = {}
-    passes = 0
     defense_passes = defense.extra_forward_passes if defense is not None else 0
     start = time.perf_counter()
     samples_of: Sequence[Sample] = dataset
     remove_hook: Callable[[], None] | None = None
     tuning_state = partial(TuningState, model, features, steps_per_epoch=len(loader), total_steps=total,
                            batch_size=config.batch_size, progress=progress)
+    checkpoint = run_dir.latest_checkpoint() if resume else None
+    loop = LoopState()
     if defense is not None:
         samples_of = stripped_dataset(dataset)
         defense.prepare(model, samples_of)
-        defense.curate(tuning_state(step=0))
+        if checkpoint is None:
+            defense.curate(tuning_state(step=0))
+    if checkpoint is not None:
+        log.info("resuming %s from its checkpoint at step %d of %d", run_dir, checkpoint, total)
+        loop = restore(run_dir.load_checkpoint(model, defense, checkpoint), optimizer, scheduler, defense, model)
+    if defense is not None:
         remove_hook = model.add_adapter_hook(defense.adapter_hook)
     model.train()
-    bar = tqdm(total=total, desc="tuning", disable=not progress, unit="step")
-    step = 0
+    bar = tqdm(total=total, initial=loop.step, desc="tuning", disable=not progress, unit="step")
     try:
-        while step < total:
-            epoch_start = step
-            for indices in loader:
+        while loop.step < total:
+            for indices in _epoch_batches(loader, loop):
                 samples = [samples_of[i] for i in indices]
                 if defense is not None:
                     samples = [s for s in map(defense.training_sample, samples) if s is not None]
@@ -185,27 +222,30 @@ def train(
                         continue
                 objective, lm_loss, terms, forwarded = _objective(model, samples, features, defense)
                 accelerator.backward(objective)
-                if step == 0:
-                    audit = gradient_audit(model)
+                if loop.step == 0:
+                    loop.audit = gradient_audit(model)
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                passes += forwarded
-                losses.append(float(lm_loss.detach()))
+                loop.step += 1
+                loop.passes += forwarded
+                loop.losses.append(float(lm_loss.detach()))
                 for name, term in terms.items():
-                    loss_terms.setdefault(name, []).append(float(term.detach()))
+                    loop.loss_terms.setdefault(name, []).append(float(term.detach()))
                 if defense is not None:
-                    defense.curate(tuning_state(step=step))
-                    defense.after_step(step)
+                    defense.curate(tuning_state(step=loop.step))
+                    defense.after_step(loop.step)
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                    run_dir.save_checkpoint(model, defense, step)
-                if step >= total:
+                bar.set_postfix(loss=f"{loop.losses[-1]:.3f}")
+                if run_dir is not None and config.checkpoint_every and loop.step % config.checkpoint_every == 0:
+                    elapsed = replace(loop, seconds=loop.seconds + time.perf_counter() - start)
+                    state = training_state(elapsed, optimizer, scheduler, defense)
+                    run_dir.save_checkpoint(model, defense, loop.step, state)
+                    run_dir.prune_checkpoints(KEPT_CHECKPOINTS)
+                if loop.step >= total:
                     break
-            if step == epoch_start:
+            if loop.step == loop.epoch_first_step and loop.batches == 0:
                 raise ValueError(f"defense {defense.name!r} left every training sample out (training_sample gave None)")
         if defense is not None:
             defense.finalize(model)
@@ -213,26 +253,25 @@ def train(
         if remove_hook is not None:
             remove_hook()
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = loop.seconds + time.perf_counter() - start
     model.eval()
-    if defense is not None:
-        passes += defense.extra_forward_passes - defense_passes
+    passes = loop.passes + (defense.extra_forward_passes - defense_passes if defense is not None else 0)
     result = TrainResult(
-        steps=step,
-        losses=losses,
+        steps=loop.step,
+        losses=loop.losses,
         seconds=seconds,
-        seconds_per_step=seconds / step,
-        samples_per_second=step * config.batch_size / seconds,
+        seconds_per_step=seconds / loop.step,
+        samples_per_second=loop.step * config.batch_size / seconds,
         peak_memory_mb=_peak_memory_mb(),
         forward_passes=passes,
-        extra_forward_passes=passes - step,
-        loss_terms=loss_terms,
-        audit=audit,
+        extra_forward_passes=passes - loop.step,
+        loss_terms=loop.loss_terms,
+        audit=loop.audit,
     )
     if run_dir is not None:
         run_dir.save_checkpoint(model, defense)
-        run_dir.save_audit(audit)
         flags = defense.flags() if defense is not None else []
         if flags:
             run_dir.save_flags(flags)
+        run_dir.save_train_result(result.as_dict())
     return result
