@@ -86,7 +86,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """VanillaIT and BYORn on the same poisoned data (the base model evaluated once)."""
+    """VanillaIT and BYORn on the same poisoned data (the base model evaluated once). The
+    demo's folders are its own: a demo of an earlier config there is replaced (its results
+    stay in the store)."""
     from robustit.experiment import Experiment
 
     overrides = args.overrides
@@ -98,7 +100,7 @@ def _demo(args: argparse.Namespace) -> int:
     runs = []
     for label, config in configs:
         logging.getLogger("robustit").info("demo: %s", label)
-        runs.append((label, Experiment(config).run(_store(args), args.resume)))
+        runs.append((label, Experiment(config).run(_store(args), args.resume, replace=True)))
     _print_runs(runs)
     return 0
 

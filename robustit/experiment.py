@@ -222,15 +222,16 @@ class Experiment:
             "test_data": samples_fingerprint(self.test_samples),
         }
 
-    def run(self, store: ResultStore | None = None, resume: bool = False) -> RunDirectory:
+    def run(self, store: ResultStore | None = None, resume: bool = False, replace: bool = False) -> RunDirectory:
         """The whole experiment into its run directory (`config.run_dir()`), recorded in
         `store` when given; returns the run directory. The directory is claimed first
-        (`RunDirectory.claimed`: not another config's, not in use). `resume` continues what
+        (`RunDirectory.claimed`: not in use, not another config's unless `replace`, which
+        clears that run instead). `resume` continues what
         a killed attempt of the same config left there: a finished run is only recorded, a
         tuning goes on from its last checkpoint (inputs that changed since are an error)."""
         config = self.config
         run_dir = RunDirectory(config.run_dir())
-        with run_dir.claimed(config, resume):
+        with run_dir.claimed(config, resume, replace):
             if resume and run_dir.is_complete():
                 log.info("%s is complete; nothing to resume", run_dir)
                 self._record(store, run_dir.load_metrics(), run_dir.load_inputs())

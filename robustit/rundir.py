@@ -92,26 +92,28 @@ class RunDirectory:
                 entry.unlink()
 
     @contextmanager
-    def claimed(self, config: ExperimentConfig, resume: bool = False) -> Iterator[None]:
+    def claimed(self, config: ExperimentConfig, resume: bool = False, replace: bool = False) -> Iterator[None]:
         """Hold this folder for a run of `config` for the block (run.lock): refused while
         another live process holds it, when it holds the run of a config with another hash
-        (the error names the settings that differ) and when it holds files but no run.
-        Without `resume` it is cleared first; with it, what an earlier, killed attempt of the
-        same config wrote stays, but for the temporaries of unfinished writes."""
+        (the error names the settings that differ; with `replace` that run is cleared
+        instead) and when it holds files but no run. Without `resume` it is cleared first;
+        with it, what an earlier, killed attempt of the same config wrote stays, but for the
+        temporaries of unfinished writes."""
         with locked(self.path / "run.lock"):
-            self._check_owner(config)
-            if resume:
+            if self._held_by(config, replace) and resume:
                 remove_temporaries(self.path)
             else:
                 self.clear()
             yield
 
-    def _check_owner(self, config: ExperimentConfig) -> None:
+    def _held_by(self, config: ExperimentConfig, replace: bool) -> bool:
+        """Whether the folder is empty or holds a run of `config`; False for another
+        config's run under `replace`, an error for it otherwise and for files of no run."""
         from robustit.config import changed_keys, value_at
 
         entries = [e for e in self.path.iterdir() if e.name not in KEPT_ON_CLEAR and not e.name.startswith(".")]
         if not entries:
-            return
+            return True
         hint = f"give this run a folder of its own (--set name=... or --set output_dir=...) or delete {self.path}"
         if not (self.path / "config.yaml").is_file():
             raise ValueError(f"{self.path} holds files that are not a robustit run ({entries[0].name}, ...); {hint}")
@@ -120,7 +122,9 @@ class RunDirectory:
         except ValueError as error:
             raise ValueError(f"{self.path} holds a run whose config.yaml does not load ({error}); {hint}") from None
         if saved.config_hash() == config.config_hash():
-            return
+            return True
+        if replace:
+            return False
         there, here = saved.outcome(), config.outcome()
         differences = "; ".join(f"{key}: {value_at(there, key)!r} there, {value_at(here, key)!r} here"
                                 for key in changed_keys(there, here)[:5])

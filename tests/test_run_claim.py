@@ -14,9 +14,9 @@ from robustit.experiment import Experiment
 from robustit.rundir import RunDirectory
 
 
-def claim(config, resume=False):
+def claim(config, resume=False, replace=False):
     run_dir = RunDirectory(config.run_dir())
-    with run_dir.claimed(config, resume):
+    with run_dir.claimed(config, resume, replace):
         return sorted(p.name for p in run_dir.path.iterdir())
 
 
@@ -31,6 +31,14 @@ def test_a_run_of_another_config_under_the_same_name_is_refused(karpathy, tmp_pa
         f"5 here) than this one (name 'tiny'); give this run a folder of its own (--set name=... or --set "
         f"output_dir=...) or delete {first.run_dir()}\n")
     assert (first.run_dir() / "metrics.json").read_text() == "{}"
+
+
+def test_replace_clears_the_run_of_another_config_even_when_resuming(karpathy, tmp_path):
+    first = load_config(None, tiny_overrides(karpathy, tmp_path))
+    RunDirectory(first.run_dir()).save_config(first)
+    (first.run_dir() / "checkpoint-2").mkdir()
+    second = load_config(None, [*tiny_overrides(karpathy, tmp_path), "train.max_steps=5"])
+    assert claim(second, resume=True, replace=True) == ["run.lock"]
 
 
 def test_the_same_config_may_run_again_in_its_folder_and_resume_there(karpathy, tmp_path):
