@@ -67,33 +67,27 @@ def test_scores_are_the_same_with_the_poison_information_stripped(tiny_model, sc
     assert decisions(samples) == decisions([strip_poison_info(s) for s in samples])
 
 
+def detector_scores(model, samples, score, batch_size):
+    defense = byorn(score=score)
+    defense.prepare(model, samples)
+    defense.detect(model, FeatureCache(model), batch_size, progress=False)
+    return defense.scores
+
+
 def test_image_gain_is_the_real_images_nll_minus_the_neutral_images(tiny_model):
     samples = shape_samples()[:4]
-    scores = {}
-    for score in ("nll", "image_gain"):
-        defense = byorn(score=score)
-        defense.prepare(tiny_model, samples)
-        defense.detect(tiny_model, FeatureCache(tiny_model), 4, progress=False)
-        scores[score] = defense.scores
-    grey = byorn(score="nll")
-    grey.prepare(tiny_model, [s.replace(image=neutral_image(s.image)) for s in samples])
-    grey.detect(tiny_model, FeatureCache(tiny_model), 4, progress=False)
-    assert scores["image_gain"] == pytest.approx(scores["nll"] - grey.scores, abs=1e-5)
+    grey = [s.replace(image=neutral_image(s.image)) for s in samples]
+    assert detector_scores(tiny_model, samples, "image_gain", 4) == pytest.approx(
+        detector_scores(tiny_model, samples, "nll", 4) - detector_scores(tiny_model, grey, "nll", 4), abs=1e-5)
 
 
 def test_contrast_is_the_own_images_nll_minus_that_of_the_image_half_the_set_away(tiny_model):
     samples = shape_samples()[:5]
-    scores = {}
-    for score in ("nll", "contrast"):
-        defense = byorn(score=score)
-        defense.prepare(tiny_model, samples)
-        defense.detect(tiny_model, FeatureCache(tiny_model), 2, progress=False)
-        scores[score] = defense.scores
-    swapped = byorn(score="nll")
-    swapped.prepare(tiny_model, [s.replace(image=samples[(i + 2) % 5].image) for i, s in enumerate(samples)])
-    swapped.detect(tiny_model, FeatureCache(tiny_model), 2, progress=False)
-    assert scores["contrast"] == pytest.approx(scores["nll"] - swapped.scores, abs=1e-5)
-    assert max(abs(scores["contrast"])) > 1e-4
+    swapped = [s.replace(image=samples[(i + 2) % 5].image) for i, s in enumerate(samples)]
+    contrast = detector_scores(tiny_model, samples, "contrast", 2)
+    assert contrast == pytest.approx(
+        detector_scores(tiny_model, samples, "nll", 2) - detector_scores(tiny_model, swapped, "nll", 2), abs=1e-5)
+    assert max(abs(contrast)) > 1e-4
 
 
 def test_flagged_samples_train_on_their_replacements(tiny_model, monkeypatch):
