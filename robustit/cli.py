@@ -12,6 +12,7 @@
     robustit bench attacks [--attacks a,b]                   VanillaIT on every attack, one table
     robustit bench defenses [--defenses v1,v2|components|paper] [--attack NAME]
                                                              defense variants on one attack, one table
+    robustit bench detection [--config GRID.yaml]            BYORn's detector on attacks, targets and clean data
     robustit bench overhead [--defense NAME] [--steps N]     tuning time of a defense / VanillaIT's
     robustit bench grid --config GRID.yaml [--shard i/n] [--dry-run]
                                                              attacks x defenses x rates x seeds into the store
@@ -22,7 +23,8 @@
                                                              per-channel adapter activation figure
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
-(--store, default results/); `evaluate`, `scan` and `bench overhead` write no record.
+(--store, default results/), every scan of `bench detection` in its scans/ folder;
+`evaluate`, `scan` and `bench overhead` write no record.
 `--resume` (run, demo, bench grid) goes on with a killed run from its last checkpoint;
 `--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
 """
@@ -41,6 +43,8 @@ import torch
 
 from robustit.atomic import write_atomic
 from robustit.config import load_config, packaged_config
+from robustit.defenses.byorn import THRESHOLDS
+from robustit.defenses.plausibility import SCORES
 from robustit.report import detection_line, markdown_table, summary_row
 from robustit.rundir import RunDirectory
 from robustit.store import DEFAULT_STORE, ResultStore
@@ -137,6 +141,10 @@ def _bench(args: argparse.Namespace) -> int:
             from robustit.bench.attacks import run_attack_benchmark
 
             run_attack_benchmark(args.attacks.split(",") if args.attacks else None, args.overrides, out, store)
+        elif args.suite == "detection":
+            from robustit.bench.detection import run_detection_benchmark
+
+            run_detection_benchmark(args.config, args.overrides, out, store)
         elif args.suite == "defenses":
             from robustit.bench.defenses import PRESETS, run_defense_benchmark
 
@@ -221,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
     bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, overhead, grid, table, merge")
-    bench.add_argument("suite", choices=["attacks", "defenses", "overhead", "grid", "table", "merge"])
+    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "grid", "table", "merge"])
     bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
-    bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml)")
+    bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml)")
     bench.add_argument("--shard", help="grid: run shard i of n, as i/n (0 <= i < n)")
     bench.add_argument("--dry-run", action="store_true", help="grid: list the runs and estimate their time; run nothing")
     bench.add_argument("--attacks", help="attacks: comma-separated attack names (default: all)")
@@ -249,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     scan = sub.add_parser("scan", help="audit a training set with BYORn's detector before tuning")
     scan.add_argument("--config", type=Path, action="append", default=[],
                       help="YAML file layered over the defaults (repeatable); its data, model and attack are scanned")
-    scan.add_argument("--score", help="defense.params.score: nll, image_gain, contrast or agreement (default: byorn's)")
-    scan.add_argument("--threshold", help="defense.params.threshold: robust_z, quantile or mixture (default: byorn's)")
+    scan.add_argument("--score", help=f"defense.params.score: {', '.join(SCORES)} (default: byorn's)")
+    scan.add_argument("--threshold", help=f"defense.params.threshold: {', '.join(THRESHOLDS)} (default: byorn's)")
     scan.add_argument("--out", type=Path, required=True, help="the output folder (new, or an earlier scan's)")
     for p in (run, demo, bench, base, scan):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

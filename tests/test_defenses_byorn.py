@@ -8,7 +8,7 @@ from robustit.attacks import AttackConfig, PoisonedDataset, build_attack
 from robustit.config import load_config
 from robustit.defenses import BYORn, DefenseConfig, strip_poison_info
 from robustit.defenses.ema import ExponentialMovingAverage
-from robustit.defenses.plausibility import content_words, disagreement, neutral_image
+from robustit.defenses.plausibility import SCORES, content_words, disagreement, neutral_image
 from robustit.experiment import Experiment
 from robustit.models.features import FeatureCache
 from robustit.store import ResultStore
@@ -53,7 +53,7 @@ def test_content_words_drop_case_punctuation_and_stop_words():
     assert neutral_image(shape_samples()[0].image).getcolors() == [(32 * 32, (128, 128, 128))]
 
 
-@pytest.mark.parametrize("score", ["nll", "image_gain", "contrast", "agreement"])
+@pytest.mark.parametrize("score", SCORES)
 def test_scores_are_the_same_with_the_poison_information_stripped(tiny_model, score):
     samples = poisoned_samples()
     assert sum(bool(s.metadata.get("is_poisoned")) for s in samples) == 2
@@ -79,6 +79,22 @@ def test_image_gain_is_the_real_images_nll_minus_the_neutral_images(tiny_model):
     grey = [s.replace(image=neutral_image(s.image)) for s in samples]
     assert detector_scores(tiny_model, samples, "image_gain", 4) == pytest.approx(
         detector_scores(tiny_model, samples, "nll", 4) - detector_scores(tiny_model, grey, "nll", 4), abs=1e-5)
+
+
+def token_nlls_alone(model, sample) -> torch.Tensor:
+    """NLL_j of one sample's response tokens, forwarded in a batch of its own."""
+    with torch.no_grad():
+        batch = model.eval().encode_prompts([sample.instruction], [sample.response])
+        return model(batch, FeatureCache(model).features([sample.image])).token_loss
+
+
+def test_image_support_is_minus_the_largest_token_gain_of_the_real_image_over_the_neutral_one(tiny_model):
+    samples = shape_samples()[:4]
+    expected = [-float((token_nlls_alone(tiny_model, s.replace(image=neutral_image(s.image)))
+                        - token_nlls_alone(tiny_model, s)).max()) for s in samples]
+    support = detector_scores(tiny_model, samples, "image_support", 4)
+    assert support == pytest.approx(expected, abs=1e-4)
+    assert all(support <= detector_scores(tiny_model, samples, "image_gain", 4) + 1e-6)
 
 
 def test_contrast_is_the_own_images_nll_minus_that_of_the_image_half_the_set_away(tiny_model):

@@ -44,7 +44,7 @@ def test_scan_of_unpoisoned_data_reports_no_precision(karpathy, tmp_path, capsys
     assert out.load_manifest() is None and "poisoned" not in out.load_ranking()[0]
     assert out.load_metrics()["detection"] == {"n_samples": 12, "n_flagged": sum(f.flagged for f in out.load_flags())}
     assert main(scan_args(karpathy, tmp_path, "--set", "attack=null", "--out", str(out))) == 0
-    assert out.load_metrics()["detector"]["params"]["score"] == "image_gain"
+    assert out.load_metrics()["detector"]["params"]["score"] == "image_support"
 
 
 def test_scan_refuses_other_folders_and_other_defenses(karpathy, tmp_path, capsys):

@@ -8,13 +8,14 @@ Detection runs once, before the first step (`curate` at step 0), with the starti
 frozen (eval mode, no gradients, the loop's frozen-feature cache, batches of the training
 batch size):
 
-- `score` (default "image_gain"; "nll" is the paper's; "contrast" and "agreement") gives
-  each training sample a suspicion score s_i (formulas in `robustit.defenses.plausibility`);
+- `score` (default "image_support"; "nll" is the paper's; "image_gain", "contrast" and
+  "agreement") gives each training sample a suspicion score s_i (formulas in
+  `robustit.defenses.plausibility`);
 - `threshold` flags samples from the scores alone (formulas in
-  `robustit.defenses.thresholds`): "robust_z" (default) flags s_i more than `z` (3.5) robust
-  standard deviations above the median, (s_i - median) / (1.4826 MAD) > z; "quantile" flags
-  the top `quantile` share (0.4, the paper's 40%); "mixture" flags the higher-mean component
-  of a two-Gaussian EM fit, and nothing where BIC prefers one Gaussian. `quantile` is read
+  `robustit.defenses.thresholds`): "mixture" (default) flags the higher-mean component of a
+  two-Gaussian EM fit, and nothing where BIC prefers one Gaussian; "robust_z" flags s_i more
+  than `z` (3.5) robust standard deviations above the median, (s_i - median) / (1.4826 MAD) >
+  z; "quantile" flags the top `quantile` share (0.4, the paper's 40%). `quantile` is read
   only by "quantile", `z` only by "robust_z". None of them knows the poison rate.
 
 What a flagged sample trains on (`replace`):
@@ -59,8 +60,8 @@ REPLACEMENTS = ("ema", "base", "drop")
 class BYORn(Defense):
     name = "byorn"
     defaults = {
-        "score": "image_gain",
-        "threshold": "robust_z",
+        "score": "image_support",
+        "threshold": "mixture",
         "z": 3.5,
         "quantile": 0.4,
         "replace": "ema",
@@ -104,13 +105,18 @@ class BYORn(Defense):
         scored = score_responses(model, self.dataset, features, self.score, batch_size, self.max_new_tokens, progress)
         self.extra_forward_passes += scored.passes
         self.scores = scored.scores
-        if self.threshold == "robust_z":
-            self.decision = robust_z(scored.scores, self.z)
-        elif self.threshold == "quantile":
-            self.decision = top_share(scored.scores, self.quantile)
-        else:
-            self.decision = mixture(scored.scores)
+        self.decision = self.decide(scored.scores, self.threshold)
         return scored
+
+    def decide(self, scores: np.ndarray, threshold: str) -> Decision:
+        """The flags of rule `threshold` (one of `THRESHOLDS`) on `scores`, with this defense's `z` and `quantile`."""
+        if threshold == "robust_z":
+            return robust_z(scores, self.z)
+        if threshold == "quantile":
+            return top_share(scores, self.quantile)
+        if threshold == "mixture":
+            return mixture(scores)
+        raise ValueError(f"unknown threshold rule {threshold!r}; known: {list(THRESHOLDS)}")
 
     def flagged_indices(self) -> list[int]:
         return [] if self.decision is None else np.flatnonzero(self.decision.flagged).tolist()

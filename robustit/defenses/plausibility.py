@@ -1,16 +1,23 @@
 """How implausible each training response is under a model: BYORn's suspicion scores
 (DESIGN.md section 5.3). Higher = more suspicious.
 
-For a sample (x, t, y), NLL(y | x, t) is the mean negative log-likelihood of the response's
-tokens, its end token included (`LMOutput.sample_loss`), and g is a neutral image: x's size,
-every pixel mid-grey (128, 128, 128).
+For a sample (x, t, y) with response tokens y_1..y_L, NLL_j(y | x, t) = -log p(y_j | y_<j, x, t),
+NLL(y | x, t) is their mean, the end token included (`LMOutput.token_loss`, `.sample_loss`),
+and g is a neutral image: x's size, every pixel mid-grey (128, 128, 128).
 
-    nll         s = NLL(y | x, t)                              the paper's score
-    image_gain  s = -(NLL(y | g, t) - NLL(y | x, t))           how little the real image raises
+    nll            s = NLL(y | x, t)                           the paper's score
+    image_gain     s = -(NLL(y | g, t) - NLL(y | x, t))        how little the real image raises
                                                                y's likelihood over a neutral one
-    contrast    s = -(NLL(y | x', t) - NLL(y | x, t))          how little y fits its own image better
+    image_support  s = -max_j (NLL_j(y | g, t) - NLL_j(y | x, t))
+                                                               how little the real image raises
+                                                               the likelihood of y's best-supported
+                                                               token: a caption names something the
+                                                               image shows, so some token gains
+                                                               much; a target unrelated to the
+                                                               image has no such token
+    contrast       s = -(NLL(y | x', t) - NLL(y | x, t))        how little y fits its own image better
                                                                than another sample's image x'
-    agreement   s = 1 - |[w in W(y) : w in W(y*)]| / |W(y)|    y* the model's greedy response to (x, t)
+    agreement      s = 1 - |[w in W(y) : w in W(y*)]| / |W(y)|  y* the model's greedy response to (x, t)
 
 x' is the image of the sample half the training set away (sample (i + n // 2) mod n of n), a
 fixed pairing that needs no randomness and never pairs a sample with itself when n > 1.
@@ -40,7 +47,7 @@ from robustit.data.sample import Sample
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 
-SCORES = ("nll", "image_gain", "contrast", "agreement")
+SCORES = ("nll", "image_gain", "image_support", "contrast", "agreement")
 NEUTRAL_GREY = (128, 128, 128)
 STOP_WORDS = frozenset("""
 a an the and or but nor so of in on at to for from with without by as into onto over under
@@ -98,10 +105,19 @@ def batches(items: Sequence[T], size: int, desc: str, progress: bool) -> Iterato
         yield [items[i] for i in range(start, min(start + size, len(items)))]
 
 
-def response_nll(model: VisionLanguageModel, features: FeatureCache, images: list[Image.Image], samples: list[Sample]) -> np.ndarray:
-    """NLL(y | image, t) of each sample's response, with the given images."""
+def token_nll(model: VisionLanguageModel, features: FeatureCache, images: list[Image.Image], samples: list[Sample]) -> list[np.ndarray]:
+    """NLL_j(y | image, t) of each sample's response tokens, with the given images."""
     batch = model.encode_prompts([s.instruction for s in samples], [s.response for s in samples])
-    return model(batch, features.features(images)).sample_loss.float().cpu().numpy()
+    output = model(batch, features.features(images))
+    losses, rows = output.token_loss.float().cpu().numpy(), output.label_rows.cpu().numpy()
+    return [losses[rows == i] for i in range(len(samples))]
+
+
+def relative_scores(score: str, own: list[np.ndarray], other: list[np.ndarray]) -> list[float]:
+    """The score of each sample from its token NLLs with its own and with another image."""
+    if score == "image_support":
+        return [-float(np.max(o - w)) for w, o in zip(own, other)]
+    return [float(w.mean() - o.mean()) for w, o in zip(own, other)]
 
 
 def greedy_responses(model: VisionLanguageModel, features: FeatureCache, samples: list[Sample], max_new_tokens: int) -> tuple[list[str], int]:
@@ -135,14 +151,15 @@ def score_responses(
                 passes += cost
                 scores += [disagreement(s.response, g) for s, g in zip(batch, texts)]
                 continue
-            nll = response_nll(model, features, [s.image for s in batch], batch)
+            own = token_nll(model, features, [s.image for s in batch], batch)
             passes += 1
-            if score == "image_gain":
-                nll = nll - response_nll(model, features, [neutral_image(s.image) for s in batch], batch)
-                passes += 1
+            if score == "nll":
+                scores += [float(w.mean()) for w in own]
+                continue
             if score == "contrast":
-                strangers = [samples[(i + len(samples) // 2) % len(samples)].image for i in indices]
-                nll = nll - response_nll(model, features, strangers, batch)
-                passes += 1
-            scores += nll.tolist()
+                others = [samples[(i + len(samples) // 2) % len(samples)].image for i in indices]
+            else:
+                others = [neutral_image(s.image) for s in batch]
+            scores += relative_scores(score, own, token_nll(model, features, others, batch))
+            passes += 1
     return ScoredResponses(np.array(scores, dtype=float), greedy if score == "agreement" else None, passes)

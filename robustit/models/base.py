@@ -55,10 +55,12 @@ class Demonstration:
 
 @dataclass
 class LMOutput:
-    """Loss over response tokens; `logits` holds only response positions (row-major)."""
+    """Loss over response tokens; `logits` and `token_loss` hold only response positions
+    (row-major), `label_rows` the batch row of each."""
 
     loss: torch.Tensor
     sample_loss: torch.Tensor
+    token_loss: torch.Tensor
     logits: torch.Tensor
     label_rows: torch.Tensor
     visual_tokens: torch.Tensor
@@ -197,7 +199,7 @@ class VisionLanguageModel(nn.Module):
         rows = selected.nonzero()[:, 0]
         sample_loss = torch.zeros(len(batch.labels), device=token_loss.device).index_add_(0, rows, token_loss)
         sample_loss = sample_loss / selected.sum(1).clamp(min=1)
-        return LMOutput(token_loss.mean(), sample_loss, logits, rows, visual_tokens)
+        return LMOutput(token_loss.mean(), sample_loss, token_loss, logits, rows, visual_tokens)
 
     @torch.no_grad()
     def generate(
