@@ -15,7 +15,9 @@ stripped samples, in batches of `eval.batch_size`. Written to the output folder 
                      response: most suspicious first
     scores.png       the histogram of the scores, poisoned and clean apart with a manifest
     metrics.json     the detector and its passes, the counts and, against the manifest,
-                     precision, recall and AUROC (`robustit.eval.detection`); stage timings
+                     precision, recall and AUROC (`robustit.eval.detection`); under
+                     `thresholds`, the same for the flags every threshold rule of byorn
+                     would give on these scores; stage timings
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from robustit.attacks.dataset import PoisonedDataset
 from robustit.config import ExperimentConfig
 from robustit.data.sample import Sample
 from robustit.defenses.base import Flag, stripped_dataset
-from robustit.defenses.byorn import BYORn
-from robustit.eval.detection import detection_of
+from robustit.defenses.byorn import THRESHOLDS, BYORn
+from robustit.eval.detection import detection_metrics, detection_of
 from robustit.eval.score_figure import score_histogram
 from robustit.experiment import Experiment
 from robustit.rundir import RunDirectory
@@ -42,6 +44,17 @@ def ranking(samples: Sequence[Sample], flags: Sequence[Flag], poisoned: Sequence
         row.update(reason=flags[i].reason, instruction=samples[i].instruction, response=samples[i].response)
         rows.append(row)
     return rows
+
+
+def threshold_comparison(detector: BYORn, poisoned_ids: set[str] | None) -> dict[str, dict[str, Any]]:
+    """Per threshold rule, the detection metrics of the flags it gives on the detector's scores."""
+    assert detector.scores is not None
+    out = {}
+    for rule in THRESHOLDS:
+        flagged = detector.decide(detector.scores, rule).flagged
+        flags = [Flag(s.id, float(score), bool(f), None, "") for s, score, f in zip(detector.dataset, detector.scores, flagged)]
+        out[rule] = detection_metrics(flags, poisoned_ids)
+    return out
 
 
 def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> dict[str, Any]:
@@ -76,6 +89,7 @@ def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> 
         "detector": detector.describe(),
         "forward_passes": detector.extra_forward_passes,
         "detection": detection_of(out),
+        "thresholds": threshold_comparison(detector, poisoned_ids),
         "data": {role: report.as_dict() for role, report in experiment.load_reports.items()},
         "timings": dict(experiment.timings),
     }
