@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, action="append", default=[],
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
-    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, overhead, grid, table, merge")
+    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, grid, table, merge")
     bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "grid", "table", "merge"])
     bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
     bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml)")

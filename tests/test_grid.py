@@ -250,6 +250,11 @@ def test_packaged_grids_expand():
     robustit = next(c for c in faithful if c.defense)
     assert {k: robustit.resolved()["defense"]["params"][k] for k in ("alpha", "gamma", "beta", "consistency")} == {
         "alpha": 2.0, "gamma": 0.5, "beta": 0.9, "consistency": "absolute"}
+    detection = expand(load_grid(PACKAGED_CONFIGS / "grids" / "detection.yaml"))
+    assert {c.defense.name for c in detection} == {"byorn"} and len({c.run_dir() for c in detection}) == len(detection) == 13
+    assert {c.attack.target for c in detection} >= {"Banana.", "A picture of a dog against light blue."}
+    for grid in sorted(PACKAGED_CONFIGS.joinpath("grids").iterdir()):
+        assert expand(load_grid(grid)), grid
 
 
 def test_grid_runs_the_real_experiment_on_the_tiny_model_into_the_store(karpathy, tmp_path):

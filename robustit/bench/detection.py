@@ -20,10 +20,10 @@ from typing import Any, Sequence
 from robustit.atomic import write_atomic
 from robustit.bench.grid import GridSpec, grid_runs, load_grid, plan
 from robustit.bench.tables import cell, metric
+from robustit.config import PACKAGED_CONFIGS
 from robustit.defenses.byorn import THRESHOLDS
 from robustit.report import markdown_table
 from robustit.rundir import RunDirectory
-from robustit.config import PACKAGED_CONFIGS
 from robustit.store import ResultStore, make_record
 
 DETECTION_GRID = PACKAGED_CONFIGS / "grids" / "detection.yaml"
