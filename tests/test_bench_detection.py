@@ -36,7 +36,7 @@ def test_detection_benchmark_scans_each_case_once_and_tabulates_every_threshold_
         assert metrics["thresholds"][chosen]["n_flagged"] == metrics["detection"]["n_flagged"]
         assert metrics["thresholds"]["quantile"]["n_flagged"] == 5
     lines = out.read_text().splitlines()
-    assert lines[0].startswith("<!-- Rendered from the scan store by `robustit bench detection")
+    assert lines[0].startswith("<!-- Rendered from the result store by `robustit bench detection")
     header, clean, poisoned = lines[2], lines[4], lines[5]
     assert "AUROC (image_support)" in header and "mixture: recall" in header and "quantile: precision" in header
     assert clean.startswith("| none (clean) | - | 0 | 0 | 12 | - |")

@@ -17,9 +17,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from robustit.atomic import write_atomic
 from robustit.bench.grid import GridSpec, grid_runs, load_grid, plan
-from robustit.bench.tables import cell, metric
+from robustit.bench.tables import cell, metric, write_rendered
 from robustit.config import PACKAGED_CONFIGS
 from robustit.defenses.byorn import THRESHOLDS
 from robustit.report import markdown_table
@@ -79,5 +78,4 @@ def detection_table(spec: GridSpec, store: ResultStore) -> str:
 
 def render_detection_table(spec: GridSpec, store: ResultStore, out: str | Path, command: str) -> Path:
     """Write the table to `out` (atomically) under a comment naming `command`, which redoes it."""
-    text = f"<!-- Rendered from the scan store by `{command}`; do not edit. -->\n\n{detection_table(spec, store)}\n"
-    return write_atomic(Path(out), text)
+    return write_rendered(out, detection_table(spec, store), command)

@@ -113,6 +113,10 @@ def render_grid_table(spec: GridSpec, store: ResultStore, out: str | Path, comma
                       row_label: Sequence[str] = LABELS) -> Path:
     """Write the grid's table to `out` (atomically), under a comment naming `command`, the
     command that redoes it."""
-    out = Path(out)
-    text = f"<!-- Rendered from the result store by `{command}`; do not edit. -->\n\n{grid_table(spec, store, row_label)}\n"
-    return write_atomic(out, text)
+    return write_rendered(out, grid_table(spec, store, row_label), command)
+
+
+def write_rendered(out: str | Path, table: str, command: str) -> Path:
+    """Write `table` to `out` (atomically) under a comment naming `command`, the command that redoes it."""
+    text = f"<!-- Rendered from the result store by `{command}`; do not edit. -->\n\n{table}\n"
+    return write_atomic(Path(out), text)
