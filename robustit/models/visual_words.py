@@ -10,8 +10,10 @@ LM reads a token as a word only close to it. Snapping reads each token as its ne
 
 E the input word-embedding matrix, K_n the `SOFT_NEIGHBOURS` words nearest t_n and s =
 `SOFT_SCALE`: a straight-through estimator, so the adapter keeps a gradient. The chosen rows
-E_{k_n} receive the gradient of the tokens as embeddings of written words do; the choice
-itself gives E none.
+E_{k_n} receive the gradient of the tokens as embeddings of written words do (through
+`F.embedding`, whose CPU backward sums the rows of repeated words in a fixed order, where
+indexing E[k] accumulates them in thread order and makes runs with several threads differ in
+the last bits); the choice itself gives E none.
 """
 from __future__ import annotations
 
@@ -29,4 +31,4 @@ def snap_to_words(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tenso
     cosine = F.normalize(tokens, dim=-1) @ F.normalize(frozen, dim=-1).T
     nearest, indices = cosine.topk(min(SOFT_NEIGHBOURS, frozen.shape[0]), dim=-1)
     soft = torch.einsum("btk,btkd->btd", torch.softmax(SOFT_SCALE * nearest, dim=-1), frozen[indices])
-    return embeddings[indices[..., 0]] + (soft - soft.detach())
+    return F.embedding(indices[..., 0], embeddings) + (soft - soft.detach())
