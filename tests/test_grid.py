@@ -9,7 +9,7 @@ from robustit.bench.tables import attack_columns, grid_table, render_grid_table
 from robustit.defenses import IDR, RobustIT
 from robustit.store import ResultStore, make_record
 
-TUNING = {None: 10.0, "robustit": 30.0, "aar": 20.0}
+TUNING = {None: 10.0, "robustit": 30.0, "aar": 20.0, "byorn": 15.0}
 ATTACK_COST = {"badnets": 0.0, "sig": 100.0}
 
 
@@ -31,6 +31,9 @@ def fake_metrics(config) -> dict:
         "caption": {"BLEU_4": 20.0 + seed, "METEOR": 18.0, "CIDEr": 60.0},
         "train": {"seconds": 100.0 + 10 * seed},
         "timings": {"tuning": TUNING[defense] + ATTACK_COST[config.attack.name] + seed, "evaluation": 5.0},
+        "objects": {"rate": 30.0 + seed},
+        **({"detection": {"n_flagged": 82 + seed, "precision": 91.5, "recall": 93.75, "auroc": 0.9963}}
+           if defense == "byorn" else {}),
     }
 
 
@@ -207,7 +210,8 @@ def test_attack_columns_from_metrics_alone():
                "caption": {"BLEU_4": 20.04, "METEOR": 18.0}}
     assert attack_columns(metrics) == {
         "ASR": "91.2", "ASR img": "-", "ASR txt": "-", "false trig.": "0.0", "key word trig.": "95.0",
-        "key word clean": "2.5", "n": "20", "BLEU_4": "20.0", "METEOR": "18.0", "CIDEr": "-"}
+        "key word clean": "2.5", "n": "20", "BLEU_4": "20.0", "METEOR": "18.0", "CIDEr": "-",
+        "object named": "-"}
     assert set(attack_columns({}).values()) == {"-"}
 
 
@@ -223,7 +227,7 @@ def test_grid_tables_render_from_store_records_alone_with_mean_and_std_over_seed
     assert lines[0].startswith("<!-- ") and "`robustit bench table --config grid.yaml`" in lines[0] and lines[0].endswith("-->")
     header = [h.strip() for h in lines[2].strip("|").split("|")]
     assert header == ["attack", "defense", "rate", "seed", "ASR", "ASR img", "ASR txt", "false trig.", "key word trig.",
-                      "key word clean", "n", "BLEU_4", "METEOR", "CIDEr", "tuning s"]
+                                    "key word clean", "n", "BLEU_4", "METEOR", "CIDEr", "object named", "tuning s"]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[4:8]]
     assert [(r["attack"], r["defense"], r["rate"], r["seed"]) for r in rows] == [
         ("badnets", "vanilla", "0.1", "0, 1"), ("badnets", "robustit:gamma=0.8", "0.1", "0, 1"),
@@ -239,12 +243,28 @@ def test_grid_tables_render_from_store_records_alone_with_mean_and_std_over_seed
         grid_table(one_seed, store, row_label=("nope",))
 
 
+def test_a_data_side_defense_row_carries_its_detection_and_vanillas_row_dashes(tmp_path):
+    spec = load_grid(write_grid(tmp_path, {"name": "g", "blocks": [
+        {"attacks": ["badnets"], "defenses": ["vanilla", "byorn"], "poison_rates": [0.1], "seeds": [0, 1]}]}))
+    store = ResultStore(tmp_path / "results")
+    run_grid(spec, store, runner=fake_runner([]))
+    lines = grid_table(spec, store).splitlines()
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    assert header[-5:] == ["tuning s", "flagged", "flag precision", "flag recall", "flag AUROC"]
+    rows = {row[1]: row for row in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:4])}
+    assert rows["byorn"][-4:] == ["82 ± 1", "91.5 ± 0.0", "93.8 ± 0.0", "0.996 ± 0.000"]
+    assert rows["vanilla"][-4:] == ["-", "-", "-", "-"]
+    assert rows["vanilla"][header.index("object named")] == "30.5 ± 0.7"
+
+
 def test_packaged_grids_expand():
     from robustit.config import PACKAGED_CONFIGS
 
     attacks = expand(load_grid(PACKAGED_CONFIGS / "grids" / "attacks.yaml"))
-    assert sorted(c.attack.name for c in attacks) == ["badnets", "blended", "ftrojan", "sig", "ssba", "trojvqa", "vltrojan"]
-    assert all(c.defense is None and c.attack.poison_rate == 0.1 and c.train.seed == 0 and not c.evaluate_base for c in attacks)
+    names = ["badnets", "blended", "ftrojan", "sig", "ssba", "trojvqa", "vltrojan"]
+    for defense in (None, "byorn"):
+        assert sorted(c.attack.name for c in attacks if (c.defense.name if c.defense else None) == defense) == names
+    assert all(c.attack.poison_rate == 0.1 and c.train.seed == 0 and not c.evaluate_base for c in attacks)
     faithful = expand(load_grid(PACKAGED_CONFIGS / "grids" / "robustit-faithful.yaml"))
     assert sorted(c.defense.name if c.defense else "vanilla" for c in faithful) == ["robustit", "vanilla"]
     robustit = next(c for c in faithful if c.defense)

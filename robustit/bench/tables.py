@@ -4,7 +4,8 @@ directory is read, so a table can be redone anywhere the store is (it is committ
 Columns of a run (`attack_columns`): the ASR variants, the false-trigger rate, the key-word
 rates on fully triggered and on clean inputs (percent of eligible outputs naming a key word of
 the target), n (eligible triggered test inputs), then the clean quality of each task the runs
-were scored on (`TASK_COLUMNS`: caption metrics, VQA accuracy); "-" where a run has none.
+were scored on (`TASK_COLUMNS`: caption metrics and the share of clean captions naming the
+image's object, VQA accuracy); "-" where a run has none.
 A data-side defense's detection (`detection_columns`): training samples flagged, precision
 and recall (percent) of the flags and AUROC of its score against the attack's manifest.
 A grid table has one row per (attack, defense variant, poison rate); where the store holds
@@ -32,7 +33,8 @@ ATTACK_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("n", ("asr", "full", "n"), 0),
 )
 TASK_COLUMNS: dict[str, tuple[tuple[str, tuple[str, ...], int], ...]] = {
-    "caption": (("BLEU_4", ("caption", "BLEU_4"), 1), ("METEOR", ("caption", "METEOR"), 1), ("CIDEr", ("caption", "CIDEr"), 1)),
+    "caption": (("BLEU_4", ("caption", "BLEU_4"), 1), ("METEOR", ("caption", "METEOR"), 1), ("CIDEr", ("caption", "CIDEr"), 1),
+                ("object named", ("objects", "rate"), 1)),
     "vqa": (("VQA acc", ("vqa", "accuracy"), 1),),
 }
 TUNING_COLUMN = ("tuning s", ("train", "seconds"), 0)
@@ -67,9 +69,10 @@ def cell(values: Sequence[float | None], decimals: int, count: bool = False) -> 
     return f"{statistics.fmean(present):.{decimals}f} ± {statistics.stdev(present):.{decimals}f}"
 
 
-def _columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool) -> dict[str, str]:
+def _columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool, with_detection: bool = False) -> dict[str, str]:
     tasks = tuple(column for task, columns in TASK_COLUMNS.items() if any(task in m for m in metrics_list) for column in columns)
-    columns = ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ())
+    detection = DETECTION_COLUMNS if with_detection and any("detection" in m for m in metrics_list) else ()
+    columns = ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ()) + detection
     return {title: cell([metric(m, path) for m in metrics_list], decimals, title in COUNTS) for title, path, decimals in columns}
 
 
@@ -86,8 +89,8 @@ def detection_columns(metrics: dict[str, Any]) -> dict[str, str]:
 def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LABELS) -> str:
     """The Markdown table of the grid's runs found in the store, in the grid file's order: the
     label columns `row_label` (a subset of attack, defense, rate, seed; seed lists the seeds of
-    a row over several), the attack columns and tuning seconds. A note instead when the store
-    holds no run of the grid."""
+    a row over several), the attack columns, tuning seconds and, for the rows of a data-side
+    defense, the detection columns. A note instead when the store holds no run of the grid."""
     unknown = [label for label in row_label if label not in LABELS]
     if unknown:
         raise ValueError(f"row_label: unknown column(s) {unknown}; known: {list(LABELS)}")
@@ -102,7 +105,8 @@ def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LA
     for (attack, defense, rate), found in groups.items():
         labels = {"attack": attack, "defense": defense, "rate": f"{rate:g}" if rate is not None else "-",
                   "seed": ", ".join(str(run.seed) for run, _ in found)}
-        rows.append({**{key: labels[key] for key in row_label}, **_columns([r["metrics"] for _, r in found], with_tuning=True)})
+        metrics = [r["metrics"] for _, r in found]
+        rows.append({**{key: labels[key] for key in row_label}, **_columns(metrics, with_tuning=True, with_detection=True)})
     table = markdown_table(rows)
     if any(len(found) > 1 for found in groups.values()):
         table += "\n\nRows over several seeds: mean ± sample standard deviation over the seeds."
