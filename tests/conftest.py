@@ -57,13 +57,23 @@ def tiny_model():
     return build_model("llava", tiny=True, vocabulary=vocabulary(), seed=0)
 
 
+def _torch_threads(n: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: thread start-up costs more than it saves, most of all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """For what must not depend on how work is split between threads."""
+    yield from _torch_threads(2)
 
 
 @pytest.fixture(autouse=True)

@@ -227,7 +227,7 @@ def test_grid_tables_render_from_store_records_alone_with_mean_and_std_over_seed
     assert lines[0].startswith("<!-- ") and "`robustit bench table --config grid.yaml`" in lines[0] and lines[0].endswith("-->")
     header = [h.strip() for h in lines[2].strip("|").split("|")]
     assert header == ["attack", "defense", "rate", "seed", "ASR", "ASR img", "ASR txt", "false trig.", "key word trig.",
-                                    "key word clean", "n", "BLEU_4", "METEOR", "CIDEr", "object named", "tuning s"]
+                      "key word clean", "n", "BLEU_4", "METEOR", "CIDEr", "object named", "tuning s"]
     rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[4:8]]
     assert [(r["attack"], r["defense"], r["rate"], r["seed"]) for r in rows] == [
         ("badnets", "vanilla", "0.1", "0, 1"), ("badnets", "robustit:gamma=0.8", "0.1", "0, 1"),

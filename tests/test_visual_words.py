@@ -31,22 +31,18 @@ def test_the_tokens_get_a_gradient_and_only_the_chosen_rows_of_the_embeddings_do
     assert rows_with_grad == {3, 7, 11}
 
 
-def test_the_embeddings_gradient_is_the_same_bits_on_every_backward_with_two_threads():
+def test_the_embeddings_gradient_is_the_same_bits_on_every_backward_with_two_threads(two_threads):
+    assert torch.get_num_threads() == 2
     torch.manual_seed(0)
     embeddings = torch.randn(400, 576, requires_grad=True)
     chosen = torch.randint(0, 40, (8, 96))
     tokens = embeddings.detach()[chosen] + 0.05 * torch.randn(8, 96, 576)
     upstream = torch.randn(8, 96, 576)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        gradients = []
-        for _ in range(8):
-            embeddings.grad = None
-            snap_to_words(tokens, embeddings).backward(upstream)
-            gradients.append(embeddings.grad.clone())
-    finally:
-        torch.set_num_threads(threads)
+    gradients = []
+    for _ in range(8):
+        embeddings.grad = None
+        snap_to_words(tokens, embeddings).backward(upstream)
+        gradients.append(embeddings.grad.clone())
     assert all(torch.equal(gradients[0], gradient) for gradient in gradients[1:])
 
 
