@@ -38,11 +38,12 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from robustit.atomic import write_atomic
-from robustit.config import load_config, packaged_config
+from robustit.config import ExperimentConfig, load_config, packaged_config
 from robustit.defenses.byorn import THRESHOLDS
 from robustit.defenses.plausibility import SCORES
 from robustit.report import detection_line, markdown_table, summary_row
@@ -89,15 +90,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_configs(overrides: Sequence[str] = ()) -> list[tuple[str, ExperimentConfig]]:
+    """The demo's runs, labelled: each of `DEMO_DEFENSES` over the packaged demo config
+    (configs/demo.yaml over configs/benchmark.yaml), then `overrides`; the first evaluates the
+    base model too."""
+    return [(label, packaged_config(["demo", f"defenses/{name}"], [*overrides, *(["evaluate_base=false"] if i else [])]))
+            for i, (label, name) in enumerate(DEMO_DEFENSES)]
+
+
 def _demo(args: argparse.Namespace) -> int:
     """VanillaIT and BYORn on the same poisoned data (the base model evaluated once). The
     demo's folders are its own: a demo of an earlier config there is replaced (its results
     stay in the store)."""
     from robustit.experiment import Experiment
 
-    overrides = args.overrides
-    configs = [(label, packaged_config([f"defenses/{name}"], [*overrides, *(["evaluate_base=false"] if i else [])]))
-               for i, (label, name) in enumerate(DEMO_DEFENSES)]
+    configs = demo_configs(args.overrides)
     directories = {config.run_dir() for _, config in configs}
     if len(directories) < len(configs):
         raise ValueError(f"the demo's runs share the run directory {directories.pop()}: put {{defense}} in output_dir")

@@ -374,21 +374,30 @@ def known_components(kind: str) -> list[str]:
     return sorted(names)
 
 
+def check_packaged_layer(layer: str) -> None:
+    """A ValueError unless `layer` names a packaged config ("demo", "tasks/vqa",
+    "attacks/sig") or a registered attack or defense ("defenses/my-defense")."""
+    kind, _, name = layer.partition("/")
+    if not (PACKAGED_CONFIGS / f"{layer}.yaml").is_file() and not (name and name in known_components(kind)):
+        known = known_components(kind) if name else known_components(".")
+        raise ValueError(f"no packaged config {layer!r}; known in {kind + '/' if name else 'configs/'}: {known}")
+
+
 def packaged_config(layers: Sequence[str], overrides: Sequence[str] | None = None) -> ExperimentConfig:
-    """The packaged demo config, then each packaged config `layers` names (e.g.
-    "attacks/sig", "defenses/robustit"), then `overrides`. An attack or defense registered
-    without a packaged config of its own (a user's, registered on import) layers as
-    `{attack|defense: {name: ...}}`, its parameters at their declared defaults."""
+    """The packaged benchmark config (configs/benchmark.yaml), then each packaged config
+    `layers` names (e.g. "demo", "attacks/sig", "defenses/robustit"), then `overrides`. An
+    attack or defense registered without a packaged config of its own (a user's, registered
+    on import) layers as `{attack|defense: {name: ...}}`, its parameters at their declared
+    defaults."""
     with ExitStack() as stack:
-        paths: list[Path] = [stack.enter_context(resources.as_file(PACKAGED_CONFIGS / "demo.yaml"))]
+        paths: list[Path] = [stack.enter_context(resources.as_file(PACKAGED_CONFIGS / "benchmark.yaml"))]
         named: list[str] = []
         for layer in layers:
+            check_packaged_layer(layer)
             kind, _, name = layer.partition("/")
             resource = PACKAGED_CONFIGS / f"{layer}.yaml"
             if resource.is_file():
                 paths.append(stack.enter_context(resources.as_file(resource)))
-            elif name in known_components(kind):
-                named.append(f"{kind[:-1]}={{name: {name}}}")
             else:
-                raise ValueError(f"no packaged config {layer!r}; known in {kind}/: {known_components(kind)}")
+                named.append(f"{kind[:-1]}={{name: {name}}}")
         return load_config(paths, [*named, *(overrides or [])])

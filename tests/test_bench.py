@@ -7,9 +7,9 @@ import torch
 from conftest import vocabulary
 from robustit.bench.activations import run_activations
 from robustit.bench.defenses import PRESETS, run_defense_benchmark
-from robustit.bench.grid import variant_config
+from robustit.bench.grid import expand, load_grid, variant_config
 from robustit.bench.overhead import run_overhead_benchmark
-from robustit.cli import main
+from robustit.cli import demo_configs, main
 from robustit.config import packaged_config
 from robustit.eval.activations import channel_activations, figure, peak_statistics
 from robustit.models import build_model
@@ -30,6 +30,23 @@ def test_packaged_config_layers_named_configs_and_names_the_known_ones():
     assert config.attack.name == "sig" and config.defense.name == "robustit" and config.defense.params["alpha"] == 3
     with pytest.raises(ValueError, match=r"no packaged config 'defenses/nope'; known in defenses/: \['aar', 'byorn', 'idr'"):
         packaged_config(["defenses/nope"])
+
+
+def test_the_demo_is_the_benchmark_shortened_on_the_same_poisoned_training_data():
+    from robustit.config import PACKAGED_CONFIGS
+
+    demo = demo_configs()
+    for (label, config), defense in zip(demo, ["defenses/vanilla", "defenses/byorn"]):
+        benchmark = packaged_config([defense]).to_dict()
+        shortened = config.to_dict()
+        assert shortened["data"]["test_size"] < benchmark["data"]["test_size"]
+        assert shortened["train"]["epochs"] < benchmark["train"]["epochs"]
+        for d in (benchmark, shortened):
+            del d["name"], d["evaluate_base"], d["data"]["test_size"], d["train"]["epochs"]
+        assert shortened == benchmark, label
+    seeds = expand(load_grid(PACKAGED_CONFIGS / "grids" / "demo-seeds.yaml"))
+    seed_zero = {c.config_hash() for c in seeds if c.train.seed == 0}
+    assert seed_zero == {config.config_hash() for _, config in demo}
 
 
 def test_defense_variants_parse_into_separate_runs():

@@ -36,9 +36,9 @@ def test_the_walkthrough_defense_runs_alone_and_in_a_grid_into_the_store(karpath
     monkeypatch.setattr(DEFENSES, "_entries", dict(DEFENSES._entries))
     monkeypatch.delitem(sys.modules, "my_defense", raising=False)
     run, dry, full, table = commands()
-    demo = str(DOC.parents[1] / "robustit" / "configs" / "demo.yaml")
+    benchmark = str(DOC.parents[1] / "robustit" / "configs" / "benchmark.yaml")
     tiny = [arg for o in tiny_overrides(karpathy, tmp_path) for arg in ("--set", o)]
-    assert main([demo if arg.endswith("demo.yaml") else arg for arg in run[1:]] + tiny) == 0
+    assert main([benchmark if arg.endswith("benchmark.yaml") else arg for arg in run[1:]] + tiny) == 0
     store = ResultStore(tmp_path / "results")
     (record,) = store.records()
     assert record["config"]["defense"] == {"name": "visual-norm", "params": {"weight": 0.1}}

@@ -179,6 +179,10 @@ def test_a_dry_run_lists_the_shard_and_estimates_from_stored_timings(tmp_path, c
     ("name: g\nblocks: [{attacks: [sig], defenses: [vanilla], seeds: [true]}]", r"blocks\[0\]\.seeds: expected"),
     ("name: g\noverrides: [train.max_steps]\nblocks: [{attacks: [sig], defenses: [vanilla]}]", r"overrides\[0\]: 'train.max_steps' must look like"),
     ("name: g\nblocks: [{attacks: [sig], defenses: [vanilla], overrides: [1]}]", r"blocks\[0\]\.overrides: expected a list of strings"),
+    ("name: g\nlayers: [nope]\nblocks: [{attacks: [sig], defenses: [vanilla]}]",
+     r"layers\[0\]: no packaged config 'nope'; known in configs/: \['benchmark', 'demo'\]"),
+    ("name: g\nlayers: [tasks/nope]\nblocks: [{attacks: [sig], defenses: [vanilla]}]",
+     r"layers\[0\]: no packaged config 'tasks/nope'; known in tasks/: \['vqa'\]"),
 ])
 def test_a_bad_grid_file_is_an_error_naming_the_file_and_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

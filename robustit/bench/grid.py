@@ -12,7 +12,7 @@ A grid file:
         seeds: [0, 1, 2]                   # optional; sets train.seed and attack.seed
         overrides: [train.max_steps=50]    # settings of this block's runs (optional)
 
-A run's config is `variant_config(defense, attack, overrides, layers)` (the packaged demo
+A run's config is `variant_config(defense, attack, overrides, layers)` (the packaged benchmark
 config, the grid's layers, the attack and defense configs, then evaluate_base=false, then
 name=<grid name>, the grid's and the block's overrides, attack.poison_rate, train.seed and
 attack.seed, then the variant's parameters),
@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
-from robustit.config import ExperimentConfig, known_components, packaged_config
+from robustit.config import ExperimentConfig, check_packaged_layer, known_components, packaged_config
 from robustit.store import ResultStore, dotted
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,10 @@ def load_grid(path: str | Path) -> GridSpec:
         raise ValueError(f"{path}: blocks: expected a non-empty list of blocks, got {blocks!r}")
     layers = _strings(f"{path}: layers", raw.get("layers"), required=False)
     for i, layer in enumerate(layers):
-        kind, _, component = layer.partition("/")
-        if component not in known_components(kind):
-            raise ValueError(f"{path}: layers[{i}]: no packaged config {layer!r}; known in {kind}/: {known_components(kind)}")
+        try:
+            check_packaged_layer(layer)
+        except ValueError as error:
+            raise ValueError(f"{path}: layers[{i}]: {error}") from None
     return GridSpec(
         name=name,
         blocks=tuple(_block(f"{path}: blocks[{i}]", block) for i, block in enumerate(blocks)),
