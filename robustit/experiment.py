@@ -27,6 +27,7 @@ import torch
 
 from robustit.attacks.base import Attack, build_attack
 from robustit.attacks.dataset import PoisonedDataset
+from robustit.attacks.fitted import fit_trigger
 from robustit.config import ExperimentConfig, changed_keys
 from robustit.data.errors import LoadReport
 from robustit.data.fingerprint import samples_fingerprint
@@ -181,14 +182,15 @@ class Experiment:
 
     def poison(self) -> list[Sample] | PoisonedDataset:
         """The training set as tuning sees it: poisoned by the attack (its trigger fitted on
-        the starting model first where it needs that), or clean without one."""
+        the starting model first where it needs that, or read back from the trigger cache:
+        `robustit.attacks.fitted`), or clean without one."""
         if self._poisoned is None:
             train_samples, model = self.train_samples, self.model
             with self.stage("poison"):
                 if self.attack is None:
                     self._poisoned = train_samples
                 else:
-                    self.attack.prepare(model, train_samples)
+                    fit_trigger(self.attack, model, train_samples)
                     self._poisoned = PoisonedDataset(train_samples, self.attack)
         return self._poisoned
 

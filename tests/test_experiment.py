@@ -7,7 +7,7 @@ from conftest import vocabulary
 from robustit.cli import main
 from robustit.config import load_config
 from robustit.experiment import Experiment, subsample
-from robustit.attacks import build_attack
+from robustit.attacks import VLTrojan, build_attack
 from robustit.attacks.base import AttackConfig
 from robustit.models import build_model
 from robustit.rundir import RunDirectory
@@ -134,15 +134,39 @@ def test_a_shipped_base_adapter_is_used_without_pretraining(karpathy, tmp_path, 
     assert ensure_base_adapter(model, "karpathy", karpathy, "val", config, progress=False) == shipped
 
 
-def test_fitted_trigger_is_prepared_on_the_model_and_saved(karpathy, tmp_path):
-    overrides = tiny_overrides(karpathy, tmp_path) + [
-        "attack.name=vltrojan", "attack.params={steps: 2, surrogate_samples: 2, patch_size: 4}", "evaluate_base=false",
+def vltrojan_overrides(karpathy, tmp_path, steps=2):
+    return tiny_overrides(karpathy, tmp_path) + [
+        "attack.name=vltrojan", f"attack.params={{steps: {steps}, surrogate_samples: 2, patch_size: 4}}", "evaluate_base=false",
     ]
+
+
+def manifest_of(run_dir):
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_fitted_trigger_is_prepared_on_the_model_and_saved(karpathy, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTIT_CACHE", str(tmp_path / "cache"))
+    overrides = vltrojan_overrides(karpathy, tmp_path)
     run_dir = run_experiment(load_config(None, overrides))
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = manifest_of(run_dir)
     assert manifest["patch"]["source"] == "optimized" and manifest["patch"]["steps"] == 2
     saved = load_config(None, overrides + [f"attack.params.patch_path={run_dir.trigger_dir / 'vltrojan_patch.png'}"])
     assert build_attack(saved.attack).trigger_hash() == manifest["trigger_hash"]
+
+
+def test_a_trigger_is_fitted_once_for_runs_that_differ_only_in_what_the_fit_does_not_read(karpathy, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTIT_CACHE", str(tmp_path / "cache"))
+    first = run_experiment(load_config(None, vltrojan_overrides(karpathy, tmp_path)))
+    fits, optimize = [], VLTrojan.optimize
+    monkeypatch.setattr(VLTrojan, "optimize", lambda self, *args: fits.append(args) or optimize(self, *args))
+    other_rate = run_experiment(load_config(None, vltrojan_overrides(karpathy, tmp_path) + [
+        "attack.poison_rate=0.5", "attack.seed=3", "defense.name=idr", "name=other-rate"]))
+    assert fits == [] and manifest_of(other_rate)["poison_rate"] == 0.5
+    assert manifest_of(other_rate)["trigger_hash"] == manifest_of(first)["trigger_hash"]
+    assert manifest_of(other_rate)["patch"] == manifest_of(first)["patch"]
+    more_steps = run_experiment(load_config(None, vltrojan_overrides(karpathy, tmp_path, steps=3) + ["name=more-steps"]))
+    assert len(fits) == 1 and manifest_of(more_steps)["patch"]["steps"] == 3
+    assert manifest_of(more_steps)["trigger_hash"] != manifest_of(first)["trigger_hash"]
 
 
 def lines(path):

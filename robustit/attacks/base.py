@@ -122,6 +122,11 @@ class Attack(ABC):
         """Fit a model-dependent trigger on a surrogate model and clean `samples` before
         poisoning (VLTrojan); fixed triggers ignore it. The surrogate's weights are left as they were."""
 
+    def fit_identity(self) -> dict[str, Any] | None:
+        """What `prepare` reads besides the surrogate and the clean samples, for the trigger
+        cache (`robustit.attacks.fitted`); None where nothing is fitted (fixed triggers)."""
+        return None
+
     def save_trigger_files(self, directory: Path) -> list[Path]:
         """Write what a rerun needs to rebuild a fitted trigger (nothing for fixed triggers)."""
         return []

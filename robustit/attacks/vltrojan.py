@@ -26,6 +26,7 @@ the optimized original.
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
@@ -81,6 +82,7 @@ class VLTrojan(PatchAttack):
         path = self.params["patch_path"]
         if path is not None and not isinstance(path, str):
             raise ValueError(f"parameter 'patch_path' of attack {self.name!r} must be a path string or null, got {path!r}")
+        self.patch_is_final = path is not None
         if path is None:
             self.patch = seeded_pattern(seed, size, size)
             self.record: dict[str, Any] = {"source": "random", "trigger_seed": seed}
@@ -108,19 +110,30 @@ class VLTrojan(PatchAttack):
             Image.fromarray(self.patch, "RGB").save(data, format=Image.registered_extensions()[path.suffix.lower()])
         return write_atomic(path, data.getvalue())
 
+    def fit_identity(self) -> dict[str, Any] | None:
+        if self.patch_is_final:
+            return None
+        return {"attack": self.name, "params": dict(self.params), "patch": self.patch.tobytes().hex(),
+                "target": self.target, "text_trigger": self.text_trigger, "text_position": self.text_position}
+
     def save_trigger_files(self, directory: Path) -> list[Path]:
-        return [self.save_trigger(Path(directory) / "vltrojan_patch.png")]
+        """The patch (vltrojan_patch.png) and how it was obtained (vltrojan_patch.json)."""
+        record = write_atomic(Path(directory) / "vltrojan_patch.json", json.dumps(self.record, sort_keys=True).encode())
+        return [record, self.save_trigger(Path(directory) / "vltrojan_patch.png")]
 
     def load_trigger_files(self, directory: Path) -> None:
-        path = Path(directory) / "vltrojan_patch.png"
+        """The patch and its record as `save_trigger_files` wrote them (the record of a folder
+        written before records were kept: {"source": "file", "path": ...})."""
+        path, record = Path(directory) / "vltrojan_patch.png", Path(directory) / "vltrojan_patch.json"
         if not path.exists():
             raise FileNotFoundError(f"{directory} holds no fitted VLTrojan patch (vltrojan_patch.png)")
         self.patch = load_patch(str(path))
-        self.record = {"source": "file", "path": str(path)}
+        self.record = json.loads(record.read_text()) if record.exists() else {"source": "file", "path": str(path)}
+        self.patch_is_final = True
 
     def prepare(self, surrogate: VisionLanguageModel, samples: Sequence[Sample]) -> None:
-        """Optimize the patch on `surrogate` unless it was read from `patch_path`."""
-        if self.record["source"] != "file":
+        """Optimize the patch on `surrogate` unless it was read from `patch_path` or trigger files."""
+        if not self.patch_is_final:
             self.optimize(surrogate, samples[: self.surrogate_samples], self.steps, self.lr)
 
     def paste(self, pixels: torch.Tensor, patch: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
