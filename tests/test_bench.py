@@ -32,7 +32,7 @@ def test_packaged_config_layers_named_configs_and_names_the_known_ones():
         packaged_config(["defenses/nope"])
 
 
-def test_the_demo_is_the_benchmark_shortened_on_the_same_poisoned_training_data():
+def test_the_demo_is_the_benchmark_shortened_on_the_same_training_images():
     from robustit.config import PACKAGED_CONFIGS
 
     demo = demo_configs()
@@ -41,8 +41,9 @@ def test_the_demo_is_the_benchmark_shortened_on_the_same_poisoned_training_data(
         shortened = config.to_dict()
         assert shortened["data"]["test_size"] < benchmark["data"]["test_size"]
         assert shortened["train"]["epochs"] < benchmark["train"]["epochs"]
+        assert shortened["attack"]["poison_rate"] > benchmark["attack"]["poison_rate"]
         for d in (benchmark, shortened):
-            del d["name"], d["evaluate_base"], d["data"]["test_size"], d["train"]["epochs"]
+            del d["name"], d["evaluate_base"], d["data"]["test_size"], d["train"]["epochs"], d["attack"]["poison_rate"]
         assert shortened == benchmark, label
     seeds = expand(load_grid(PACKAGED_CONFIGS / "grids" / "demo-seeds.yaml"))
     seed_zero = {c.config_hash() for c in seeds if c.train.seed == 0}
