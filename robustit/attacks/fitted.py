@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -41,13 +40,13 @@ def fit_key(attack: Attack, surrogate: VisionLanguageModel, samples: Sequence[Sa
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_trigger(attack: Attack, surrogate: VisionLanguageModel, samples: Sequence[Sample]) -> Path | None:
+def fit_trigger(attack: Attack, surrogate: VisionLanguageModel, samples: Sequence[Sample]) -> None:
     """`attack.prepare(surrogate, samples)`, or the trigger files of the same fit read back from
-    the cache; returns the cache folder of a fitted trigger (None when nothing is fitted)."""
+    the cache."""
     key = fit_key(attack, surrogate, samples)
     if key is None:
         attack.prepare(surrogate, samples)
-        return None
+        return
     folder = cache_dir("triggers", key)
     try:
         attack.load_trigger_files(folder)
@@ -55,4 +54,3 @@ def fit_trigger(attack: Attack, surrogate: VisionLanguageModel, samples: Sequenc
     except FileNotFoundError:
         attack.prepare(surrogate, samples)
         attack.save_trigger_files(folder)
-    return folder
