@@ -120,6 +120,8 @@ def _bench(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.sources and args.suite != "merge":
         raise ValueError(f"bench {args.suite} takes no positional arguments, got {[str(s) for s in args.sources]}")
+    if args.dry_run and args.suite not in ("grid", "detection"):
+        raise ValueError(f"--dry-run lists the runs of bench grid and bench detection; bench {args.suite} has no plan to list")
     if args.suite in ("grid", "table"):
         from robustit.bench.grid import load_grid, parse_shard, run_grid
         from robustit.bench.tables import render_grid_table
@@ -151,7 +153,8 @@ def _bench(args: argparse.Namespace) -> int:
         elif args.suite == "detection":
             from robustit.bench.detection import run_detection_benchmark
 
-            run_detection_benchmark(args.config, args.overrides, out, store)
+            if run_detection_benchmark(args.config, args.overrides, out, store, dry_run=args.dry_run) is None:
+                return 0
         elif args.suite == "defenses":
             from robustit.bench.defenses import PRESETS, run_defense_benchmark
 
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
     bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml)")
     bench.add_argument("--shard", help="grid: run shard i of n, as i/n (0 <= i < n)")
-    bench.add_argument("--dry-run", action="store_true", help="grid: list the runs and estimate their time; run nothing")
+    bench.add_argument("--dry-run", action="store_true", help="grid, detection: list the runs and estimate their time; run nothing")
     bench.add_argument("--attacks", help="attacks: comma-separated attack names (default: all)")
     bench.add_argument("--defenses", default="components",
                        help="defenses: comma-separated variants name[:key=value...], or a preset: "

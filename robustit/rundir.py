@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CONDITIONS = ("base_clean", "clean", "full", "image_only", "text_only")
 KEPT_ON_CLEAR = ("reevaluated", "run.lock")
+SCAN_FILES = ("config.yaml", "manifest.json", "flags.jsonl", "ranking.csv", "scores.png", "metrics.json")
 INTERMEDIATE = re.compile(r"checkpoint-(\d+)")
 
 
@@ -99,11 +100,17 @@ class RunDirectory:
         instead) and when it holds files but no run. Without `resume` it is cleared first;
         with it, what an earlier, killed attempt of the same config wrote stays, but for the
         temporaries of unfinished writes."""
-        with locked(self.path / "run.lock"):
+        with self.held():
             if self._held_by(config, replace) and resume:
                 remove_temporaries(self.path)
             else:
                 self.clear()
+            yield
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the folder's run.lock for the block (refused while another live process holds it)."""
+        with locked(self.path / "run.lock"):
             yield
 
     def _held_by(self, config: ExperimentConfig, replace: bool) -> bool:
@@ -276,8 +283,11 @@ class RunDirectory:
             return list(csv.DictReader(handle))
 
     def is_scan(self) -> bool:
-        """Whether the folder holds a `robustit scan` (its ranking.csv)."""
-        return self.ranking_file.is_file()
+        """Whether the folder holds a `robustit scan`, finished or killed: nothing but the files a
+        scan writes (`SCAN_FILES`), and metrics.json only beside the ranking.csv a scan writes
+        before it."""
+        names = {e.name for e in self.path.iterdir() if e.name not in KEPT_ON_CLEAR and not e.name.startswith(".")}
+        return names <= set(SCAN_FILES) and ("metrics.json" not in names or self.ranking_file.name in names)
 
     def save_score_histogram(self, png: bytes) -> Path:
         return write_atomic(self.score_histogram_file, png)

@@ -64,8 +64,14 @@ def scan(config: ExperimentConfig, out: RunDirectory, progress: bool = True) -> 
     if not isinstance(detector, BYORn):
         named = config.defense.name if config.defense is not None else None
         raise ValueError(f"robustit scan runs byorn's detector; the config names defense {named!r}")
-    if out.path.is_dir() and any(out.path.iterdir()) and not out.is_scan():
+    if out.path.is_dir() and not out.is_scan():
         raise ValueError(f"{out.path} holds files of something other than a scan; name a new folder with --out")
+    with out.held():
+        return _scan_into(experiment, detector, out, progress)
+
+
+def _scan_into(experiment: Experiment, detector: BYORn, out: RunDirectory, progress: bool) -> dict[str, Any]:
+    config = experiment.config
     dataset = experiment.poison()
     out.clear()
     out.save_config(config)

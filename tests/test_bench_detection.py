@@ -26,6 +26,8 @@ def detection_grid(karpathy, tmp_path):
 def test_detection_benchmark_scans_each_case_once_and_tabulates_every_threshold_rule(karpathy, tmp_path, monkeypatch, capsys):
     grid, store, out = detection_grid(karpathy, tmp_path), tmp_path / "store", tmp_path / "table.md"
     args = ["bench", "detection", "--config", str(grid), "--store", str(store), "--out", str(out)]
+    assert main([*args, "--dry-run"]) == 0
+    assert "2 runs, 0 stored, 2 to run" in capsys.readouterr().out and not out.exists() and not (store / "scans").exists()
     assert main(args) == 0
     scans = ResultStore(store / "scans")
     assert len(scans) == 2 and len(ResultStore(store)) == 0

@@ -6,6 +6,7 @@ import yaml
 
 from robustit.bench.grid import estimate_seconds, expand, grid_runs, load_grid, parse_shard, plan, run_grid, shard
 from robustit.bench.tables import attack_columns, grid_table, render_grid_table
+from robustit.cli import main
 from robustit.defenses import IDR, RobustIT
 from robustit.store import ResultStore, make_record
 
@@ -304,3 +305,10 @@ def test_grid_runs_that_would_share_a_run_directory_are_refused(tmp_path):
                                     {"attacks": ["sig"], "defenses": ["vanilla"], "overrides": ["train.max_steps=3"]}]}
     with pytest.raises(ValueError, match="share the run directory"):
         grid_runs(load_grid(write_grid(tmp_path, grid)))
+
+
+@pytest.mark.parametrize("suite", ["attacks", "defenses", "overhead", "table"])
+def test_a_dry_run_of_a_suite_with_no_plan_is_refused_before_anything_runs(suite, tmp_path, capsys):
+    assert main(["bench", suite, "--dry-run", "--store", str(tmp_path / "results")]) == 2
+    assert "--dry-run lists the runs of bench grid and bench detection" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

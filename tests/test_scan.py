@@ -56,3 +56,15 @@ def test_scan_refuses_other_folders_and_other_defenses(karpathy, tmp_path, capsy
     assert "byorn's detector" in capsys.readouterr().err
     assert main(scan_args(karpathy, tmp_path, "--score", "loss", "--out", str(tmp_path / "x"))) == 2
     assert "defense.params.score: must be one of" in capsys.readouterr().err
+
+
+def test_a_scan_killed_before_its_ranking_reruns_into_its_folder_but_a_tuning_run_stays_refused(karpathy, tmp_path, capsys):
+    out = RunDirectory(tmp_path / "scan")
+    assert main(scan_args(karpathy, tmp_path, "--out", str(out))) == 0
+    for name in ("ranking.csv", "scores.png", "flags.jsonl", "metrics.json"):
+        (out.path / name).unlink()
+    assert main(scan_args(karpathy, tmp_path, "--out", str(out))) == 0
+    assert len(out.load_ranking()) == 12 and out.is_complete()
+    (out.path / "ranking.csv").unlink()
+    assert main(scan_args(karpathy, tmp_path, "--out", str(out))) == 2
+    assert "other than a scan" in capsys.readouterr().err and (out.path / "metrics.json").is_file()

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from robustit.bench.grid import GridSpec, grid_runs, load_grid, plan
+from robustit.bench.grid import GridSpec, describe_plan, grid_runs, load_grid, plan
 from robustit.bench.tables import cell, metric, write_rendered
 from robustit.config import PACKAGED_CONFIGS
 from robustit.defenses.byorn import THRESHOLDS
@@ -30,15 +30,20 @@ SCANS = "scans"
 
 
 def run_detection_benchmark(grid: str | Path | None, overrides: Sequence[str], out: Path, store: ResultStore,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, dry_run: bool = False) -> Path | None:
     """Scan every case of `grid` (default the packaged detection grid; `overrides` on every
-    case) that the scan store of `store` does not hold, recording each; write the table to `out`."""
+    case) that the scan store of `store` does not hold, recording each; write the table to `out`.
+    With `dry_run`, print the plan, scan nothing and write no table (returns None)."""
     from robustit.scan import scan
 
     spec = load_grid(grid or DETECTION_GRID)
     spec = dataclasses.replace(spec, overrides=(*spec.overrides, *overrides))
     scans = ResultStore(store.root / SCANS)
-    for run in plan(spec, scans):
+    runs = plan(spec, scans)
+    if dry_run:
+        print(describe_plan(runs, scans, (0, 1)), flush=True)
+        return None
+    for run in runs:
         if not run.stored:
             metrics = scan(run.config, RunDirectory(run.config.run_dir()), progress)
             scans.put(make_record(run.config, metrics, {}))
