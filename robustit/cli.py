@@ -17,6 +17,9 @@
     robustit bench grid --config GRID.yaml [--shard i/n] [--dry-run]
                                                              attacks x defenses x rates x seeds into the store
     robustit bench table --config GRID.yaml --out TABLE.md   a grid's table, from the result store alone
+    robustit bench report [--config GRID.yaml] [--out docs/benchmark.md]
+                                                             the benchmark grid's report and its figures (figures/
+                                                             beside it), from the result store alone
     robustit bench merge OTHER_STORE ...                     records of other shards / machines into --store
     robustit base-adapter [--rebuild] [--ship]               the demo's base adapter: where it is, rebuild, ship
     robustit activations --run LABEL=RUN_DIR ... --trigger-from RUN_DIR --out PNG
@@ -52,6 +55,7 @@ from robustit.store import DEFAULT_STORE, ResultStore
 
 
 DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("BYORn", "byorn"))
+DEFAULT_REPORT = "docs/benchmark.md"
 
 
 def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
@@ -122,20 +126,25 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"bench {args.suite} takes no positional arguments, got {[str(s) for s in args.sources]}")
     if args.dry_run and args.suite not in ("grid", "detection"):
         raise ValueError(f"--dry-run lists the runs of bench grid and bench detection; bench {args.suite} has no plan to list")
-    if args.suite in ("grid", "table"):
+    if args.suite in ("grid", "table", "report"):
         from robustit.bench.grid import load_grid, parse_shard, run_grid
+        from robustit.bench.report import BENCHMARK_GRID, render_report
         from robustit.bench.tables import render_grid_table
 
-        if args.config is None:
+        if args.config is None and args.suite != "report":
             raise ValueError(f"bench {args.suite} needs --config GRID.yaml")
-        spec = load_grid(args.config)
+        spec = load_grid(args.config or BENCHMARK_GRID)
         spec = dataclasses.replace(spec, overrides=(*spec.overrides, *args.overrides))
         if args.suite == "grid":
             run_grid(spec, store, parse_shard(args.shard) if args.shard else (0, 1), args.dry_run, resume=args.resume)
             return 0
-        out = args.out or Path(f"runs/bench-{spec.name}/table.md")
-        command = " ".join(["robustit bench table --config", str(args.config), *(f"--set {o}" for o in args.overrides),
-                            "--store", str(store.root), "--out", str(out)])
+        out = args.out or Path(DEFAULT_REPORT if args.suite == "report" else f"runs/bench-{spec.name}/table.md")
+        command = " ".join([f"robustit bench {args.suite}", *([f"--config {args.config}"] if args.config else []),
+                            *(f"--set {o}" for o in args.overrides), "--store", str(store.root), "--out", str(out)])
+        if args.suite == "report":
+            render_report(spec, store, out, out.parent / "figures", command)
+            print(f"report: {out}\nfigures: {out.parent / 'figures'}")
+            return 0
         render_grid_table(spec, store, out, command)
     elif args.suite == "merge":
         if not args.sources:
@@ -238,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, action="append", default=[],
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
-    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, grid, table, merge")
-    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "grid", "table", "merge"])
+    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, grid, table, report, merge")
+    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "grid", "table", "report", "merge"])
     bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
-    bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml)")
+    bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml); report: its grid (default robustit/configs/grids/benchmark.yaml)")
     bench.add_argument("--shard", help="grid: run shard i of n, as i/n (0 <= i < n)")
     bench.add_argument("--dry-run", action="store_true", help="grid, detection: list the runs and estimate their time; run nothing")
     bench.add_argument("--attacks", help="attacks: comma-separated attack names (default: all)")
@@ -251,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--attack", default="badnets", help="defenses, overhead: the attack (default badnets)")
     bench.add_argument("--defense", default="robustit", help="overhead: the defense timed against VanillaIT")
     bench.add_argument("--steps", type=int, default=100, help="overhead: tuning steps of each (default 100)")
-    bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite or grid name>/table.md)")
+    bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite or grid name>/table.md); report: the "
+                                                 f"report (default {DEFAULT_REPORT}), its figures in figures/ beside it")
     base = sub.add_parser("base-adapter", help="the base adapter of a config (default: the demo's): find, build or ship it")
     base.add_argument("--config", type=Path, action="append", default=[], help="YAML file layered over the defaults (repeatable)")
     base.add_argument("--rebuild", action="store_true", help="pretrain it again even if shipped or cached")

@@ -46,6 +46,7 @@ DETECTION_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
 )
 COUNTS = ("n",)
 LABELS = ("attack", "defense", "rate", "seed")
+SEVERAL_SEEDS_NOTE = "Rows over several seeds: mean ± sample standard deviation over the seeds."
 
 
 def metric(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
@@ -69,21 +70,28 @@ def cell(values: Sequence[float | None], decimals: int, count: bool = False) -> 
     return f"{statistics.fmean(present):.{decimals}f} ± {statistics.stdev(present):.{decimals}f}"
 
 
-def _columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool, with_detection: bool = False) -> dict[str, str]:
+def cells(metrics_list: Sequence[dict[str, Any]], columns: Sequence[tuple[str, tuple[str, ...], int]]) -> dict[str, str]:
+    """Each of `columns` (title, path in metrics, decimals) over the runs' metrics: a `cell`."""
+    return {title: cell([metric(m, path) for m in metrics_list], decimals, title in COUNTS) for title, path, decimals in columns}
+
+
+def run_columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool, with_detection: bool = False) -> dict[str, str]:
+    """The attack columns, the quality columns of the tasks any of the runs was scored on,
+    tuning seconds (`with_tuning`) and, where a run has detection metrics, the detection
+    columns (`with_detection`), over the runs' metrics (mean ± std over several)."""
     tasks = tuple(column for task, columns in TASK_COLUMNS.items() if any(task in m for m in metrics_list) for column in columns)
     detection = DETECTION_COLUMNS if with_detection and any("detection" in m for m in metrics_list) else ()
-    columns = ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ()) + detection
-    return {title: cell([metric(m, path) for m in metrics_list], decimals, title in COUNTS) for title, path, decimals in columns}
+    return cells(metrics_list, ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ()) + detection)
 
 
 def attack_columns(metrics: dict[str, Any]) -> dict[str, str]:
     """The attack columns and its tasks' quality columns of one run's metrics ("-" when absent)."""
-    return _columns([metrics], with_tuning=False)
+    return run_columns([metrics], with_tuning=False)
 
 
 def detection_columns(metrics: dict[str, Any]) -> dict[str, str]:
     """The detection columns of one run's metrics ("-" when absent)."""
-    return {title: cell([metric(metrics, path)], decimals) for title, path, decimals in DETECTION_COLUMNS}
+    return cells([metrics], DETECTION_COLUMNS)
 
 
 def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LABELS) -> str:
@@ -106,10 +114,10 @@ def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LA
         labels = {"attack": attack, "defense": defense, "rate": f"{rate:g}" if rate is not None else "-",
                   "seed": ", ".join(str(run.seed) for run, _ in found)}
         metrics = [r["metrics"] for _, r in found]
-        rows.append({**{key: labels[key] for key in row_label}, **_columns(metrics, with_tuning=True, with_detection=True)})
+        rows.append({**{key: labels[key] for key in row_label}, **run_columns(metrics, with_tuning=True, with_detection=True)})
     table = markdown_table(rows)
     if any(len(found) > 1 for found in groups.values()):
-        table += "\n\nRows over several seeds: mean ± sample standard deviation over the seeds."
+        table += f"\n\n{SEVERAL_SEEDS_NOTE}"
     return table
 
 

@@ -1,0 +1,197 @@
+import pytest
+import yaml
+
+from robustit.bench.grid import GridRun, grid_runs, load_grid
+from robustit.bench.report import render_report
+from robustit.bench.report_figures import pareto_front
+from robustit.cli import main
+from robustit.store import ResultStore, make_record
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COMMAND = "robustit bench report --store results --out docs/benchmark.md"
+SECONDS = {"vanilla": 100.0, "byorn": 150.0, "robustit:gamma=0.8": 300.0}
+# (attack, poison rate, defense variant, seed) -> (ASR, CIDEr); the grid below lists these runs and one more,
+# sig with vanilla at seed 1, which the store lacks
+RESULTS = {
+    ("badnets", 0.1, "vanilla", 0): (90.0, 60.0),
+    ("badnets", 0.1, "vanilla", 1): (92.0, 62.0),
+    ("badnets", 0.1, "byorn", 0): (0.0, 70.0),
+    ("badnets", 0.1, "byorn", 1): (0.0, 72.0),
+    ("badnets", 0.1, "robustit:gamma=0.8", 0): (10.0, 50.0),
+    ("sig", 0.1, "vanilla", 0): (95.0, 65.0),
+    ("sig", 0.1, "byorn", 0): (5.0, 66.0),
+    ("sig", 0.1, "robustit:gamma=0.8", 0): (3.0, 55.0),
+    ("badnets", 0.2, "vanilla", 0): (99.0, 40.0),
+    ("badnets", 0.0, "vanilla", 0): (0.0, 80.0),
+}
+GRID = {
+    "name": "report",
+    "blocks": [
+        {"attacks": ["badnets", "sig"], "defenses": ["vanilla", "byorn", "robustit:gamma=0.8"], "poison_rates": [0.1], "seeds": [0]},
+        {"attacks": ["badnets", "sig"], "defenses": ["vanilla"], "poison_rates": [0.1], "seeds": [1]},
+        {"attacks": ["badnets"], "defenses": ["byorn"], "poison_rates": [0.1], "seeds": [1]},
+        {"attacks": ["badnets"], "defenses": ["vanilla"], "poison_rates": [0.0, 0.2], "seeds": [0]},
+    ],
+}
+
+
+def write_grid(tmp_path, grid: dict = GRID):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return load_grid(path)
+
+
+def record(run: GridRun, asr: float, cider: float) -> dict:
+    """A record of made-up metrics for the grid's run: tuning seconds are the variant's times
+    1 + seed / 10, so a variant's time over VanillaIT's on the same seed is the ratio of their `SECONDS`."""
+    seed = run.seed
+    metrics = {
+        "asr": {"full": {"rate": asr, "n": 20, "keyword_rate": asr + 1}, "text_only": {"rate": asr / 2, "n": 20},
+                "image_only": {"rate": asr / 4, "n": 20}, "false_trigger": {"rate": 0.0, "n": 20, "keyword_rate": 2.0}},
+        "caption": {"BLEU_4": 20.0 + seed, "METEOR": 18.0, "CIDEr": cider},
+        "objects": {"rate": 30.0},
+        "train": {"seconds": SECONDS[run.defense] * (1 + seed / 10)},
+        **({"detection": {"n_flagged": 82 + seed, "precision": 91.5, "recall": 93.75, "auroc": 0.9963}}
+           if run.defense == "byorn" else {}),
+    }
+    return make_record(run.config, metrics, {"train_data": "fake"})
+
+
+def fill(store: ResultStore, spec, results: dict = RESULTS) -> None:
+    for run in grid_runs(spec):
+        key = (run.attack, run.config.attack.poison_rate, run.defense, run.seed)
+        if key in results:
+            store.put(record(run, *results[key]))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    return write_grid(tmp_path_factory.mktemp("grid"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, grid) -> ResultStore:
+    store = ResultStore(tmp_path_factory.mktemp("results"))
+    fill(store, grid)
+    return store
+
+
+@pytest.fixture(scope="module")
+def rendered(grid, store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("docs") / "benchmark.md"
+    render_report(grid, store, out, out.parent / "figures", COMMAND)
+    return out
+
+
+def table_after(text: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first Markdown table after the line `heading`."""
+    lines = text.splitlines()
+    start = next(i for i in range(lines.index(heading), len(lines)) if lines[i].startswith("|"))
+    header = [h.strip() for h in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def test_the_first_line_names_the_command_that_redoes_the_report(rendered):
+    first = rendered.read_text().splitlines()[0]
+    assert first == f"<!-- Rendered from the result store by `{COMMAND}`; do not edit. -->"
+
+
+def test_attack_tables_give_mean_and_std_over_the_seeds_of_a_defense_variant(rendered):
+    rows = {row["defense"]: row for row in table_after(rendered.read_text(), "### badnets, poison rate 0.1")}
+    assert list(rows) == ["VanillaIT", "byorn", "robustit:gamma=0.8"]
+    assert rows["VanillaIT"]["ASR"] == "91.0 ± 1.4" and rows["VanillaIT"]["CIDEr"] == "61.0 ± 1.4"
+    assert rows["VanillaIT"]["ASR txt"] == "45.5 ± 0.7" and rows["VanillaIT"]["key word trig."] == "92.0 ± 1.4"
+    assert rows["VanillaIT"]["n seeds"] == "2" and rows["VanillaIT"]["n"] == "20"
+    assert rows["byorn"]["ASR"] == "0.0 ± 0.0" and rows["byorn"]["tuning s"] == "158 ± 11"
+    assert rows["robustit:gamma=0.8"]["ASR"] == "10.0" and rows["robustit:gamma=0.8"]["n seeds"] == "1"
+
+
+def test_clean_data_records_are_a_group_of_their_own(rendered):
+    text = rendered.read_text()
+    rows = table_after(text, "### Clean data (nothing poisoned)")
+    assert [(row["defense"], row["CIDEr"]) for row in rows] == [("VanillaIT", "80.0")]
+    assert [line for line in text.splitlines() if line.startswith("### ")] == [
+        "### Clean data (nothing poisoned)", "### badnets, poison rate 0.1", "### badnets, poison rate 0.2",
+        "### sig, poison rate 0.1"]
+
+
+def test_leaderboard_orders_by_worst_asr_and_divides_tuning_time_by_vanillas_on_the_same_runs(rendered):
+    rows = table_after(rendered.read_text(), "## Leaderboard, poison rate 0.1")
+    assert [row["defense"] for row in rows] == ["byorn", "robustit:gamma=0.8", "VanillaIT"]
+    byorn, robustit, vanilla = rows
+    assert byorn["worst ASR"] == "5.0 (sig)" and robustit["worst ASR"] == "10.0 (badnets)"
+    assert vanilla["worst ASR"] == "95.0 (sig)" and vanilla["mean ASR"] == "93.0"
+    assert byorn["mean CIDEr"] == "68.5" and vanilla["clean-data CIDEr"] == "80.0" and byorn["clean-data CIDEr"] == "-"
+    assert (byorn["overhead"], robustit["overhead"], vanilla["overhead"]) == ("1.50", "3.00", "1.00")
+    assert robustit["attacks"] == "2" and robustit["runs"] == "2"
+
+
+def test_detection_table_lists_precision_and_recall_of_the_flagging_defense(rendered):
+    rows = table_after(rendered.read_text(), "## Detection")
+    assert [(row["attack"], row["rate"], row["defense"]) for row in rows] == [
+        ("badnets", "0.1", "byorn"), ("sig", "0.1", "byorn")]
+    assert rows[0]["flagged"] == "82 ± 1" and rows[0]["flag precision"] == "91.5 ± 0.0" and rows[1]["flag recall"] == "93.8"
+    assert rows[1]["flag AUROC"] == "0.996"
+
+
+def test_figures_are_pngs_linked_relative_to_the_report(rendered):
+    text = rendered.read_text()
+    names = ["radar-badnets.png", "radar-sig.png", "asr-vs-cider.png", "asr-vs-poison-rate.png"]
+    for name in names:
+        assert f"](figures/{name})" in text
+        assert (rendered.parent / "figures" / name).read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in (rendered.parent / "figures").iterdir()) == sorted(names)
+
+
+def test_rendering_twice_gives_identical_bytes(grid, store, rendered, tmp_path):
+    again = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND)
+    assert again.read_bytes() == rendered.read_bytes()
+    for png in (rendered.parent / "figures").iterdir():
+        assert (tmp_path / "figures" / png.name).read_bytes() == png.read_bytes()
+
+
+def test_figures_the_store_has_no_data_for_are_skipped_and_named(tmp_path):
+    grid, store = write_grid(tmp_path), ResultStore(tmp_path / "results")
+    fill(store, grid, {("badnets", 0.0, "vanilla", 0): (0.0, 80.0)})
+    text = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND).read_text()
+    assert "No radar figure" in text and "No ASR-against-CIDEr figure" in text and "No ASR-against-poison-rate figure" in text
+    assert "No run at poison rate 0.1 stored yet." in text and not (tmp_path / "figures").exists()
+    assert "1 of the 11 runs" in text and "The runs not stored yet (10) are listed by `robustit bench grid --config" in text
+
+
+def test_only_the_grids_runs_enter_the_report_whatever_else_the_store_holds(grid, store, rendered, tmp_path):
+    crowded = ResultStore(tmp_path / "results")
+    crowded.merge(store.root)
+    probe = write_grid(tmp_path, {"name": "probe", "overrides": ["data.train_size=400"], "blocks": [
+        {"attacks": ["badnets"], "defenses": ["vanilla", "byorn"], "poison_rates": [0.1], "seeds": [0]}]})
+    fill(crowded, probe, {("badnets", 0.1, "vanilla", 0): (10.0, 5.0), ("badnets", 0.1, "byorn", 0): (80.0, 5.0)})
+    assert len(crowded) == len(store) + 2
+    again = render_report(grid, crowded, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND)
+    assert again.read_text().replace(str(crowded.root), "STORE") == rendered.read_text().replace(str(store.root), "STORE")
+    assert "10 of the 11 runs" in again.read_text()
+
+
+def test_an_empty_store_renders_a_report_that_says_so_from_the_command_line(tmp_path, capsys):
+    write_grid(tmp_path)
+    grid, store, out = tmp_path / "grid.yaml", tmp_path / "results", tmp_path / "docs" / "benchmark.md"
+    assert main(["bench", "report", "--config", str(grid), "--store", str(store), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == (f"<!-- Rendered from the result store by `robustit bench report --config {grid} --store {store} "
+                        f"--out {out}`; do not edit. -->")
+    assert "holds none of the 11 runs" in out.read_text()
+    assert f"report: {out}" in capsys.readouterr().out
+
+
+def test_the_packaged_benchmark_grid_is_the_reports_default(tmp_path):
+    assert main(["bench", "report", "--store", str(tmp_path / "results"), "--out", str(tmp_path / "b.md")]) == 0
+    assert "grids/benchmark.yaml" in (tmp_path / "b.md").read_text()
+
+
+def test_the_pareto_front_keeps_the_points_no_other_beats_on_both():
+    points = [(0.0, 60.0), (5.0, 70.0), (10.0, 65.0), (0.0, 50.0), (50.0, 90.0), (50.0, 90.0)]
+    assert pareto_front(points) == [(0.0, 60.0), (5.0, 70.0), (50.0, 90.0)]
