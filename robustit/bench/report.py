@@ -252,10 +252,18 @@ def figures(found: Sequence[Setting], figures_dir: Path, report_dir: Path) -> st
     return "\n\n".join(out)
 
 
+def grid_label(spec: GridSpec) -> str:
+    """The grid file's path, relative to the working folder where it lies under it; its name without a file."""
+    if spec.path is None:
+        return spec.name
+    path = Path(spec.path).resolve()
+    return path.relative_to(Path.cwd()).as_posix() if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_dir: Path) -> str:
     """The report's Markdown (figures drawn into `figures_dir` on the way)."""
     found, n_runs, n_stored = grid_settings(spec, store)
-    grid = spec.name if spec.path is None else Path(os.path.relpath(spec.path)).as_posix()
+    grid = grid_label(spec)
     where = f"grid `{grid}`"
     if not found:
         return f"# Benchmark\n\nThe result store `{store.root}` holds none of the {n_runs} runs of the {where} yet: nothing to report."
