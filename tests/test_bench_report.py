@@ -50,7 +50,8 @@ def record(run: GridRun, asr: float, cider: float) -> dict:
                 "image_only": {"rate": asr / 4, "n": 20}, "false_trigger": {"rate": 0.0, "n": 20, "keyword_rate": 2.0}},
         "caption": {"BLEU_4": 20.0 + seed, "METEOR": 18.0, "CIDEr": cider},
         "objects": {"rate": 30.0},
-        "train": {"seconds": SECONDS[run.defense] * (1 + seed / 10)},
+        "train": {"seconds": SECONDS[run.defense] * (1 + seed / 10), "steps": 100,
+                  "extra_forward_passes": 0 if run.defense == "vanilla" else 50 * (1 + seed)},
         **({"detection": {"n_flagged": 82 + seed, "precision": 91.5, "recall": 93.75, "auroc": 0.9963}}
            if run.defense == "byorn" else {}),
     }
@@ -129,6 +130,7 @@ def test_leaderboard_orders_by_worst_asr_and_divides_tuning_time_by_vanillas_on_
     assert byorn["mean CIDEr"] == "68.5" and vanilla["clean-data CIDEr"] == "80.0" and byorn["clean-data CIDEr"] == "-"
     assert (byorn["overhead"], robustit["overhead"], vanilla["overhead"]) == ("1.50", "3.00", "1.00")
     assert robustit["attacks"] == "2" and robustit["runs"] == "2"
+    assert (byorn["extra passes/step"], robustit["extra passes/step"], vanilla["extra passes/step"]) == ("0.67", "0.50", "0.00")
 
 
 def test_detection_table_lists_precision_and_recall_of_the_flagging_defense(rendered):

@@ -18,6 +18,8 @@ clean group; the others are grouped by attack and poison rate. The report holds
                      overhead = sum_p T_v(p) / sum_p T_vanilla(p), T = train.seconds, over
                                 the pairs p of a run of v and VanillaIT's run of the same
                                 attack, rate and seed
+                     extra passes/step = mean over v's runs of train.extra_forward_passes /
+                                train.steps (passes through the tuned model beyond VanillaIT's)
                  sorted by worst ASR, then by mean CIDEr, highest first
     tables       per group, a row per setting: the attack, quality and tuning-time columns
                  (`robustit.bench.tables.run_columns`) and the number of seeds stored
@@ -127,6 +129,14 @@ def _overhead(runs: Sequence[tuple[GridRun, dict[str, Any]]], vanilla: dict[tupl
     return sum(mine for mine, _ in timed) / sum(theirs for _, theirs in timed) if timed else None
 
 
+def extra_passes_per_step(metrics_list: Iterable[dict[str, Any]]) -> float | None:
+    """Mean over the runs of train.extra_forward_passes / train.steps: the defense's passes
+    through the tuned model beyond VanillaIT's one per step (None where no run has both)."""
+    ratios = [extra / steps for m in metrics_list
+              if (extra := metric(m, ("train", "extra_forward_passes"))) is not None and (steps := metric(m, ("train", "steps")))]
+    return statistics.fmean(ratios) if ratios else None
+
+
 def _leaderboard_row(variant: str, at_rate: Sequence[Setting], clean: Sequence[Setting],
                      vanilla: dict[tuple[str, float, int], dict[str, Any]]) -> tuple[tuple[Any, ...], dict[str, str]]:
     """The variant's leaderboard row and its sort key."""
@@ -147,6 +157,7 @@ def _leaderboard_row(variant: str, at_rate: Sequence[Setting], clean: Sequence[S
         "mean CIDEr": cell([cider], 1),
         "clean-data CIDEr": cell([mean_metric((m for s in clean for m in s.metrics), PATHS["CIDEr"])], 1),
         "overhead": cell([_overhead([r for s in at_rate for r in s.runs], vanilla)], 2),
+        "extra passes/step": cell([extra_passes_per_step(m for s in at_rate for m in s.metrics)], 2),
     }
     return (worst is None, worst or 0.0, cider is None, -(cider or 0.0)), row
 
@@ -278,7 +289,8 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
         leaderboard(found),
         "Per defense variant over the attacks it was run on: mean and worst ASR over the attacks (each the mean over "
         "the variant's seeds on it; runs: how many), the mean clean-test CIDEr over the attacks, the CIDEr of its runs "
-        "on clean data, and overhead: its tuning seconds over VanillaIT's on the same attack, rate and seed, summed. "
+        "on clean data, overhead: its tuning seconds over VanillaIT's on the same attack, rate and seed, summed, and its "
+        "passes through the tuned model per step beyond VanillaIT's one. "
         "Sorted by worst ASR, then by mean CIDEr. Tuning seconds compare only where the runs shared the machine alike.",
         "## Results per attack",
         attack_tables(found),
