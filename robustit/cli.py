@@ -14,6 +14,8 @@
                                                              defense variants on one attack, one table
     robustit bench detection [--config GRID.yaml]            BYORn's detector on attacks, targets and clean data
     robustit bench overhead [--defense NAME] [--steps N]     tuning time of a defense / VanillaIT's
+    robustit bench throughput [--steps N] [--out TABLE.md]  VanillaIT's tuning step by phase (seconds, FLOPs)
+                                                             against a matmul's FLOP/s; batched generation's speed-up
     robustit bench grid --config GRID.yaml [--shard i/n] [--dry-run]
                                                              attacks x defenses x rates x seeds into the store
     robustit bench table --config GRID.yaml --out TABLE.md   a grid's table, from the result store alone
@@ -27,7 +29,7 @@
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
 (--store, default results/), every scan of `bench detection` in its scans/ folder;
-`evaluate`, `scan` and `bench overhead` write no record.
+`evaluate`, `scan`, `bench overhead` and `bench throughput` write no record.
 `--resume` (run, demo, bench grid) goes on with a killed run from its last checkpoint;
 `--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
 """
@@ -56,6 +58,7 @@ from robustit.store import DEFAULT_STORE, ResultStore
 
 DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("BYORn", "byorn"))
 DEFAULT_REPORT = "docs/benchmark.md"
+DEFAULT_STEPS = {"overhead": 100, "throughput": 10}
 
 
 def _print_runs(labelled: list[tuple[str, RunDirectory]]) -> None:
@@ -120,6 +123,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(args: argparse.Namespace) -> int:
+    """--steps, or the suite's default (`DEFAULT_STEPS`)."""
+    return args.steps if args.steps is not None else DEFAULT_STEPS[args.suite]
+
+
 def _bench(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.sources and args.suite != "merge":
@@ -169,10 +177,14 @@ def _bench(args: argparse.Namespace) -> int:
 
             variants = PRESETS.get(args.defenses) or tuple(args.defenses.split(","))
             run_defense_benchmark(variants, args.attack, args.overrides, out, store)
+        elif args.suite == "throughput":
+            from robustit.bench.throughput import run_throughput_benchmark
+
+            run_throughput_benchmark(_steps(args), args.overrides, out)
         else:
             from robustit.bench.overhead import run_overhead_benchmark
 
-            run_overhead_benchmark(args.defense, args.attack, args.steps, args.overrides, out)
+            run_overhead_benchmark(args.defense, args.attack, _steps(args), args.overrides, out)
     print(out.read_text())
     print(f"table: {out}")
     return 0
@@ -247,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, action="append", default=[],
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
-    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, grid, table, report, merge")
-    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "grid", "table", "report", "merge"])
+    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, throughput, grid, table, "
+                                         "report, merge")
+    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "throughput", "grid", "table",
+                                         "report", "merge"])
     bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
     bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml); report: its grid (default robustit/configs/grids/benchmark.yaml)")
     bench.add_argument("--shard", help="grid: run shard i of n, as i/n (0 <= i < n)")
@@ -259,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                             "components (vanilla, aar, idr, robustit) or paper (components + the paper's ablations)")
     bench.add_argument("--attack", default="badnets", help="defenses, overhead: the attack (default badnets)")
     bench.add_argument("--defense", default="robustit", help="overhead: the defense timed against VanillaIT")
-    bench.add_argument("--steps", type=int, default=100, help="overhead: tuning steps of each (default 100)")
+    bench.add_argument("--steps", type=int, help=f"overhead: tuning steps of each (default {DEFAULT_STEPS['overhead']}); "
+                                                  "throughput: tuning steps measured after the warm-up (default "
+                                                  f"{DEFAULT_STEPS['throughput']})")
     bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite or grid name>/table.md); report: the "
                                                  f"report (default {DEFAULT_REPORT}), its figures in figures/ beside it")
     base = sub.add_parser("base-adapter", help="the base adapter of a config (default: the demo's): find, build or ship it")

@@ -52,7 +52,7 @@ def killed_during_step(step: int, monkeypatch) -> None:
     """Make the step `step` of the next tuning raise `Killed` before its forward pass."""
     import robustit.train.loop as loop
 
-    objective, calls = loop._objective, []
+    objective, calls = loop.tuning_objective, []
 
     def counting(*args, **kwargs):
         calls.append(1)
@@ -60,7 +60,7 @@ def killed_during_step(step: int, monkeypatch) -> None:
             raise Killed
         return objective(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_objective", counting)
+    monkeypatch.setattr(loop, "tuning_objective", counting)
 
 
 def assert_same_tuning(resumed, uninterrupted) -> None:
@@ -109,7 +109,7 @@ import os, sys, time
 import robustit.train.loop as loop
 
 marker, step = sys.argv[1], int(sys.argv[2])
-objective, calls = loop._objective, []
+objective, calls = loop.tuning_objective, []
 
 def blocking(*args, **kwargs):
     calls.append(1)
@@ -118,7 +118,7 @@ def blocking(*args, **kwargs):
         time.sleep(600)
     return objective(*args, **kwargs)
 
-loop._objective = blocking
+loop.tuning_objective = blocking
 from robustit.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.scheduler import AcceleratedScheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -107,6 +108,47 @@ def set_trainable(model: VisionLanguageModel, embeddings: bool) -> None:
     model.lm_head.requires_grad_(embeddings)
 
 
+def prepare_tuning(
+    model: VisionLanguageModel, config: TrainConfig, total: int
+) -> tuple[Accelerator, VisionLanguageModel, torch.optim.Optimizer, AcceleratedScheduler]:
+    """(accelerator, model, optimizer, scheduler) of a tuning of `total` steps: the model made
+    trainable as `config` says, AdamW over its adapter group (and embeddings group) and the
+    warmup-cosine schedule, prepared by a fresh Accelerator."""
+    set_trainable(model, config.train_embeddings)
+    accelerator = Accelerator()
+    groups = model.trainable_groups()
+    param_groups = [{"params": groups["adapter"], "lr": config.lr_adapter}]
+    if config.train_embeddings:
+        param_groups.append({"params": groups["embeddings"], "lr": config.lr_embeddings})
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return accelerator, model, optimizer, scheduler
+
+
+def index_loader(size: int, config: TrainConfig) -> DataLoader:
+    """Batches of `config.batch_size` shuffled indices into `size` samples, seeded by
+    `config.seed`; the last short batch is dropped unless there is no whole one."""
+    return DataLoader(
+        range(size),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=size >= config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+        collate_fn=list,
+    )
+
+
+def optimizer_step(accelerator: Accelerator, model: VisionLanguageModel, optimizer: torch.optim.Optimizer,
+                   scheduler: AcceleratedScheduler, max_grad_norm: float) -> None:
+    """Clip the trainable gradients to `max_grad_norm`, step the optimizer and the schedule,
+    and clear the gradients."""
+    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _forward_views(model: VisionLanguageModel, views: list[View], features: FeatureCache) -> dict[str, LMOutput]:
     """Fill each view's features; run the whole model on the forwarded ones."""
     outputs: dict[str, LMOutput] = {}
@@ -117,7 +159,7 @@ def _forward_views(model: VisionLanguageModel, views: list[View], features: Feat
     return outputs
 
 
-def _objective(
+def tuning_objective(
     model: VisionLanguageModel, samples: list[Sample], features: FeatureCache, defense: Defense | None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
     """(objective, LM loss, defense terms, whole-model passes) of one batch."""
@@ -173,25 +215,10 @@ def train(
         run_dir.load_checkpoint(model, defense)
         return TrainResult(**run_dir.load_train_result())
     seed_everything(config.seed)
-    set_trainable(model, config.train_embeddings)
     features = features if features is not None else FeatureCache(model)
-    accelerator = Accelerator()
-    groups = model.trainable_groups()
-    param_groups = [{"params": groups["adapter"], "lr": config.lr_adapter}]
-    if config.train_embeddings:
-        param_groups.append({"params": groups["embeddings"], "lr": config.lr_embeddings})
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     total = config.total_steps(len(dataset))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
-    loader = DataLoader(
-        range(len(dataset)),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
-        collate_fn=list,
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator, model, optimizer, scheduler = prepare_tuning(model, config, total)
+    loader = index_loader(len(dataset), config)
     defense_passes = defense.extra_forward_passes if defense is not None else 0
     start = time.perf_counter()
     samples_of: Sequence[Sample] = dataset
@@ -220,14 +247,11 @@ def train(
                     samples = [s for s in map(defense.training_sample, samples) if s is not None]
                     if not samples:
                         continue
-                objective, lm_loss, terms, forwarded = _objective(model, samples, features, defense)
+                objective, lm_loss, terms, forwarded = tuning_objective(model, samples, features, defense)
                 accelerator.backward(objective)
                 if loop.step == 0:
                     loop.audit = gradient_audit(model)
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, model, optimizer, scheduler, config.max_grad_norm)
                 loop.step += 1
                 loop.passes += forwarded
                 loop.losses.append(float(lm_loss.detach()))
