@@ -9,7 +9,7 @@ from robustit.store import ResultStore, make_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMAND = "robustit bench report --store results --out docs/benchmark.md"
-SECONDS = {"vanilla": 100.0, "byorn": 150.0, "robustit:gamma=0.8": 300.0}
+SECONDS = {"vanilla": 100.0, "byorn": 150.0, "robustit:gamma=0.8": 300.0, "aar": 110.0}
 # (attack, poison rate, defense variant, seed) -> (ASR, CIDEr); the grid below lists these runs and one more,
 # sig with vanilla at seed 1, which the store lacks
 RESULTS = {
@@ -197,3 +197,14 @@ def test_the_packaged_benchmark_grid_is_the_reports_default(tmp_path):
 def test_the_pareto_front_keeps_the_points_no_other_beats_on_both():
     points = [(0.0, 60.0), (5.0, 70.0), (10.0, 65.0), (0.0, 50.0), (50.0, 90.0), (50.0, 90.0)]
     assert pareto_front(points) == [(0.0, 60.0), (5.0, 70.0), (50.0, 90.0)]
+
+
+def test_a_variant_run_on_fewer_attacks_ranks_below_those_run_on_all(tmp_path):
+    grid = write_grid(tmp_path, {**GRID, "blocks": [*GRID["blocks"], {"attacks": ["badnets"], "defenses": ["aar"],
+                                                                        "poison_rates": [0.1], "seeds": [0]}]})
+    store = ResultStore(tmp_path / "results")
+    fill(store, grid, {**RESULTS, ("badnets", 0.1, "aar", 0): (0.0, 90.0)})
+    text = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND).read_text()
+    rows = table_after(text, "## Leaderboard, poison rate 0.1")
+    assert [(row["defense"], row["attacks"]) for row in rows] == [
+        ("byorn", "2"), ("robustit:gamma=0.8", "2"), ("VanillaIT", "2"), ("aar", "1")]

@@ -20,7 +20,9 @@ clean group; the others are grouped by attack and poison rate. The report holds
                                 attack, rate and seed
                      extra passes/step = mean over v's runs of train.extra_forward_passes /
                                 train.steps (passes through the tuned model beyond VanillaIT's)
-                 sorted by worst ASR, then by mean CIDEr, highest first
+                 sorted by the number of attacks, most first (a variant run on a few attacks
+                 does not rank above one run on all), then by worst ASR, then by mean CIDEr,
+                 highest first
     tables       per group, a row per setting: the attack, quality and tuning-time columns
                  (`robustit.bench.tables.run_columns`) and the number of seeds stored
     detection    a row per setting with detection metrics (data-side defenses)
@@ -159,7 +161,7 @@ def _leaderboard_row(variant: str, at_rate: Sequence[Setting], clean: Sequence[S
         "overhead": cell([_overhead([r for s in at_rate for r in s.runs], vanilla)], 2),
         "extra passes/step": cell([extra_passes_per_step(m for s in at_rate for m in s.metrics)], 2),
     }
-    return (worst is None, worst or 0.0, cider is None, -(cider or 0.0)), row
+    return (worst is None, -len(by_attack), worst or 0.0, cider is None, -(cider or 0.0)), row
 
 
 def leaderboard(found: Sequence[Setting]) -> str:
@@ -291,7 +293,7 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
         "the variant's seeds on it; runs: how many), the mean clean-test CIDEr over the attacks, the CIDEr of its runs "
         "on clean data, overhead: its tuning seconds over VanillaIT's on the same attack, rate and seed, summed, and its "
         "passes through the tuned model per step beyond VanillaIT's one. "
-        "Sorted by worst ASR, then by mean CIDEr. Tuning seconds compare only where the runs shared the machine alike.",
+        "Sorted by the number of attacks run (most first), then by worst ASR, then by mean CIDEr. Tuning seconds compare only where the runs shared the machine alike.",
         "## Results per attack",
         attack_tables(found),
         "## Detection",
