@@ -15,33 +15,21 @@ matplotlib.
 """
 from __future__ import annotations
 
-import io
 import math
-from types import ModuleType
 from typing import TYPE_CHECKING, Mapping, Sequence
+
+from robustit.plotting import png_bytes, pyplot
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 RADAR_AXES = ("BLEU_4", "METEOR", "CIDEr", "object named", "100 - ASR")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
-DPI = 110
-
-
-def _pyplot() -> ModuleType:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _png(figure: Figure) -> bytes:
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
-    _pyplot().close(figure)
-    return png.getvalue()
+    """The figure's PNG without the Software entry, so its bytes do not name matplotlib's version."""
+    return png_bytes(figure, metadata={"Software": None})
 
 
 def palette(variants: Sequence[str]) -> dict[str, str]:
@@ -58,7 +46,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 def radar_figure(title: str, polygons: Mapping[str, Sequence[float]], colours: Mapping[str, str]) -> bytes:
     """One polygon per variant over `RADAR_AXES`, each value in [0, 1]."""
-    plt = _pyplot()
+    plt = pyplot()
     angles = [2 * math.pi * k / len(RADAR_AXES) for k in range(len(RADAR_AXES))]
     figure = plt.figure(figsize=(6.4, 6.4), layout="constrained")
     axis = figure.add_subplot(projection="polar")
@@ -79,7 +67,7 @@ def radar_figure(title: str, polygons: Mapping[str, Sequence[float]], colours: M
 def asr_cider_figure(points: Mapping[tuple[str, str], tuple[float, float]], colours: Mapping[str, str]) -> bytes:
     """`points` maps (variant, attack) to (ASR, clean CIDEr): a colour per variant, a marker
     per attack, and the Pareto front circled and joined by a step line."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     attacks = sorted({attack for _, attack in points})
@@ -103,7 +91,7 @@ def asr_cider_figure(points: Mapping[tuple[str, str], tuple[float, float]], colo
 def asr_poison_rate_figure(curves: Mapping[str, Mapping[str, Mapping[float, float]]], colours: Mapping[str, str]) -> bytes:
     """`curves` maps attack -> variant -> {poison rate: ASR}: a panel per attack, its rates
     as evenly spaced categories."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 4.2), sharey=True, squeeze=False,
                                 layout="constrained")
     for axis, (attack, lines) in zip(axes[0], curves.items()):

@@ -11,7 +11,6 @@ clean data above VanillaIT tuned on poisoned data), on the same triggered test i
 """
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ from PIL import Image
 from robustit.atomic import write_atomic
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
+from robustit.plotting import png_bytes, pyplot
 
 
 @torch.no_grad()
@@ -56,11 +56,7 @@ def peak_statistics(activation: torch.Tensor) -> dict[str, float]:
 
 def figure(labels: Sequence[str], activations: Sequence[torch.Tensor], path: Path) -> Path:
     """The per-channel bar charts, one panel per run, sharing the y axis, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(labels), 1, figsize=(9, 2.4 * len(labels)), sharex=True, sharey=True, squeeze=False)
     for axis, label, activation in zip(axes[:, 0], labels, activations):
         stats = peak_statistics(activation)
@@ -69,7 +65,4 @@ def figure(labels: Sequence[str], activations: Sequence[torch.Tensor], path: Pat
         axis.set_ylabel("mean |activation|")
     axes[-1, 0].set_xlabel("adapter channel")
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    plt.close(fig)
-    return write_atomic(path, png.getvalue())
+    return write_atomic(path, png_bytes(fig))

@@ -3,19 +3,16 @@
 line at the lowest flagged score."""
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
 import numpy as np
 
+from robustit.plotting import png_bytes, pyplot
+
 
 def score_histogram(scores: Sequence[float], flagged: Sequence[bool], poisoned: Sequence[bool] | None, title: str) -> bytes:
     """The histogram as PNG bytes; `poisoned` (None: unknown) colours the poisoned samples apart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scores = np.asarray(scores, dtype=float)
     edges = np.histogram_bin_edges(scores, bins="auto")
     fig, axis = plt.subplots(figsize=(7, 3.6))
@@ -32,7 +29,4 @@ def score_histogram(scores: Sequence[float], flagged: Sequence[bool], poisoned: 
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    plt.close(fig)
-    return png.getvalue()
+    return png_bytes(fig)
