@@ -43,7 +43,7 @@ from robustit.atomic import write_atomic
 from robustit.bench import report_figures
 from robustit.bench.grid import GridRun, GridSpec, grid_runs
 from robustit.bench.tables import (ATTACK_COLUMNS, DETECTION_COLUMNS, SEVERAL_SEEDS_NOTE, TASK_COLUMNS, cell, cells, metric,
-                                   run_columns, write_rendered)
+                                   run_columns, stored_settings, write_rendered)
 from robustit.config import PACKAGED_CONFIGS
 from robustit.report import markdown_table
 from robustit.store import ResultStore
@@ -89,16 +89,12 @@ def attack_group(run: GridRun) -> Group:
 
 
 def grid_settings(spec: GridSpec, store: ResultStore) -> tuple[list[Setting], int, int]:
-    """The grid's settings with at least one run stored, clean data first, then by attack and
-    rate, VanillaIT first, then in grid order; and the numbers of the grid's runs and of those stored."""
+    """The grid's settings with at least one run stored (`stored_settings`), clean data first,
+    then by attack and rate, VanillaIT first, then in grid order; and the numbers of the grid's
+    runs and of those stored."""
     runs = grid_runs(spec)
-    found: dict[tuple[str, str, float], list[tuple[GridRun, dict[str, Any]]]] = {}
-    for run in runs:
-        record = store.get(run.config_hash)
-        if record is not None:
-            found.setdefault((run.attack, run.defense, run_rate(run)), []).append((run, record))
-    out = [Setting(attack_group(members[0][0]), attack, shown(variant), rate, tuple(members))
-           for (attack, variant, rate), members in found.items()]
+    out = [Setting(attack_group(members[0][0]), attack, shown(variant), run_rate(members[0][0]), tuple(members))
+           for (attack, variant, _), members in stored_settings(runs, store).items()]
     out.sort(key=lambda s: (s.group[0] != CLEAN, s.group[0], s.group[1] or 0.0, s.variant != VANILLA))
     return out, len(runs), sum(len(s.runs) for s in out)
 

@@ -94,6 +94,17 @@ def detection_columns(metrics: dict[str, Any]) -> dict[str, str]:
     return cells([metrics], DETECTION_COLUMNS)
 
 
+def stored_settings(runs: Sequence[GridRun], store: ResultStore) -> dict[tuple[str, str, float | None], list[tuple[GridRun, dict[str, Any]]]]:
+    """The runs the store holds with their records, grouped by (attack, defense variant,
+    listed poison rate) over seeds, in the runs' order."""
+    groups: dict[tuple[str, str, float | None], list[tuple[GridRun, dict[str, Any]]]] = {}
+    for run in runs:
+        record = store.get(run.config_hash)
+        if record is not None:
+            groups.setdefault((run.attack, run.defense, run.poison_rate), []).append((run, record))
+    return groups
+
+
 def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LABELS) -> str:
     """The Markdown table of the grid's runs found in the store, in the grid file's order: the
     label columns `row_label` (a subset of attack, defense, rate, seed; seed lists the seeds of
@@ -102,11 +113,7 @@ def grid_table(spec: GridSpec, store: ResultStore, row_label: Sequence[str] = LA
     unknown = [label for label in row_label if label not in LABELS]
     if unknown:
         raise ValueError(f"row_label: unknown column(s) {unknown}; known: {list(LABELS)}")
-    groups: dict[tuple[str, str, float | None], list[tuple[GridRun, dict[str, Any]]]] = {}
-    for run in grid_runs(spec):
-        record = store.get(run.config_hash)
-        if record is not None:
-            groups.setdefault((run.attack, run.defense, run.poison_rate), []).append((run, record))
+    groups = stored_settings(grid_runs(spec), store)
     if not groups:
         return f"No run of grid {spec.name!r} is in the result store {store.root} yet."
     rows = []
