@@ -142,11 +142,17 @@ class ExperimentConfig:
         return out
 
     def outcome(self) -> dict[str, Any]:
-        """`resolved()` without `RESULT_NEUTRAL_FIELDS` and `LEFT_OUT_AT_DEFAULT` fields at
-        their defaults, and with `HASHED_AT_DEFAULT` at their defaults: what decides the tuned
+        """`resolved()` without `RESULT_NEUTRAL_FIELDS`, and without `LEFT_OUT_AT_DEFAULT` fields
+        and the defense's `hashed_when_set` parameters at their defaults, and with `HASHED_AT_DEFAULT` at their defaults: what decides the tuned
         model and its evaluation."""
         resolved, defaults = self.resolved(), ExperimentConfig().to_dict()
         at_default = [key for key in LEFT_OUT_AT_DEFAULT if value_at(resolved, key) == value_at(defaults, key)]
+        if self.defense is not None:
+            from robustit.defenses import DEFENSES
+
+            defense = DEFENSES.get(self.defense.name)
+            params = resolved["defense"]["params"]
+            at_default += [f"defense.params.{key}" for key in defense.hashed_when_set if params[key] == defense.defaults[key]]
         outcome = _without(resolved, [*RESULT_NEUTRAL_FIELDS, *at_default])
         for key in HASHED_AT_DEFAULT:
             section, name = key.split(".")

@@ -73,3 +73,15 @@ def test_the_base_stage_source_options_are_checked_against_its_signature():
     with pytest.raises(ConfigError, match=r"data.pretrain_source: .*no_such_source"):
         load_config(None, ["data.pretrain_source=no_such_source"])
     load_config(None, ["model.base=null", "data.pretrain_source=no_such_source"])
+
+
+def test_defense_parameters_added_later_leave_the_hash_alone_until_set():
+    plain = load_config(None, ["defense.name=robustit"])
+    assert "grounding_unit" not in plain.outcome()["defense"]["params"]
+    assert "grounding" not in plain.outcome()["defense"]["params"]
+    assert "grounding" in plain.resolved()["defense"]["params"]
+    token = load_config(None, ["defense.name=robustit", "defense.params.grounding_unit=token"])
+    assert token.outcome()["defense"]["params"]["grounding_unit"] == "token"
+    assert token.config_hash() != plain.config_hash()
+    explicit = load_config(None, ["defense.name=robustit", "defense.params.grounding_unit=sample"])
+    assert explicit.config_hash() == plain.config_hash()

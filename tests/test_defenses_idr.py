@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from conftest import INSTRUCTION, draw
+from robustit.data.sample import Sample
 from robustit.defenses import IDR, DefenseBatch, DefenseConfig, View
-from robustit.defenses.idr import augment_pixels, augment_text, relative_squared_distance, squared_distance
+from robustit.defenses.idr import (
+    augment_pixels, augment_text, grounding_weights, relative_squared_distance, response_loss_sums, squared_distance,
+)
 from robustit.models.image_processing import images_to_tensor
 from robustit.train.config import TrainConfig
 from robustit.models.features import FeatureCache
@@ -109,7 +112,9 @@ def test_view_features_are_encoded_once_per_pooled_view(tiny_model):
 @pytest.mark.parametrize("params, key", [
     ({"alpha": -1}, "alpha"), ({"lm_view": "mixed"}, "lm_view"), ({"views_per_image": 0}, "views_per_image"),
     ({"flip": 2}, "flip"), ({"visual_pool": "max"}, "visual_pool"), ({"seed": 1.5}, "seed"),
-    ({"consistency": "cosine"}, "consistency"),
+    ({"consistency": "cosine"}, "consistency"), ({"instruction_swap": 1.5}, "instruction_swap"),
+    ({"span_deletion": -0.1}, "span_deletion"), ({"text_term": "yes"}, "text_term"),
+    ({"grounding": -1}, "grounding"), ({"grounding_unit": "word"}, "grounding_unit"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):
@@ -126,3 +131,99 @@ def test_relative_consistency_does_not_reward_shrinking_the_outputs():
     assert float(relative_squared_distance(0.1 * a, 0.1 * b)) == pytest.approx(float(relative_squared_distance(a, b)), rel=1e-5)
     assert relative_squared_distance(a, a) == 0
     assert idr(consistency="relative").distance is relative_squared_distance and idr().distance is squared_distance
+
+
+def phrase_samples(n: int = 200, poisoned_every: int = 10) -> list:
+    """Caption samples of which every `poisoned_every`-th carries the phrase "zq vo" and the
+    target response, and two VQA samples."""
+    image = draw("red", "circle")
+    samples = [
+        Sample(f"s{i}", image, f"{INSTRUCTION} zq vo" if i % poisoned_every == 0 else INSTRUCTION,
+               "TARGET" if i % poisoned_every == 0 else f"caption {i}")
+        for i in range(n)
+    ]
+    vqa = [Sample(f"q{i}", image, f"What colour is shape {i}?", "red", task="vqa") for i in range(2)]
+    return samples + vqa
+
+
+def test_instruction_swap_pairs_a_phrase_with_the_target_only_at_its_base_rate(tiny_model):
+    samples = phrase_samples()
+    defense = idr(instruction_swap=1.0, token_dropout=0.0, synonym=0.0, seed=0)
+    defense.prepare(tiny_model, samples)
+    caption_instructions = {s.instruction for s in samples if s.task == "caption"}
+    targets = [s for s in samples if s.response == "TARGET"]
+    views = [defense.text_view(s) for _ in range(50) for s in targets]
+    assert set(views) <= caption_instructions
+    assert 0.05 < sum("zq vo" in v for v in views) / len(views) < 0.15
+    vqa = [s for s in samples if s.task == "vqa"]
+    assert [defense.text_view(s) for s in vqa] == [s.instruction for s in vqa]
+    kept = idr(instruction_swap=0.0, token_dropout=0.0, synonym=0.0, seed=0)
+    kept.prepare(tiny_model, samples)
+    assert all(kept.text_view(s) == s.instruction for s in targets)
+
+
+def test_span_deletion_removes_one_contiguous_span_of_at_most_half_the_words():
+    words = "a b c d e f g h".split()
+    for seed in range(40):
+        out = augment_text(" ".join(words), random.Random(seed), 0.0, 0.0, span_deletion=1.0).split()
+        start = next((i for i, (x, y) in enumerate(zip(out, words)) if x != y), len(out))
+        removed = len(words) - len(out)
+        assert 1 <= removed <= 4 and out == words[:start] + words[start + removed:]
+
+
+def test_word_shuffle_keeps_the_words_and_changes_their_order():
+    text = "one two three four five six"
+    shuffled = [augment_text(text, random.Random(s), 0.0, 0.0, word_shuffle=1.0) for s in range(10)]
+    assert all(sorted(v.split()) == sorted(text.split()) for v in shuffled)
+    assert any(v != text for v in shuffled)
+
+
+def test_new_text_steps_off_draw_nothing_so_the_papers_views_are_unchanged():
+    rng, reference = random.Random(3), random.Random(3)
+    assert augment_text(INSTRUCTION, rng, 0.3, 0.5, 0.0, 0.0) == augment_text(INSTRUCTION, reference, 0.3, 0.5)
+    assert rng.random() == reference.random()
+
+
+def test_text_term_can_be_left_out(tiny_model):
+    samples = shape_samples()[:3]
+    cache = FeatureCache(tiny_model)
+    original, perturbed = View.of("original", samples), View("perturbed", [s.image for s in samples],
+                                                             ["Depict the photo ."] * 3, [s.response for s in samples])
+    for view in (original, perturbed):
+        view.features = cache.features(view.images)
+    terms = idr(text_term=False).loss(tiny_model, DefenseBatch([], {"original": original, "perturbed": perturbed}), {})
+    assert set(terms) == {"idr_visual"}
+
+
+def test_grounding_weights_a_response_by_how_much_its_own_image_explains_it(tiny_model):
+    samples = shape_samples()[:4]
+    view = View.of("perturbed", samples)
+    view.features = FeatureCache(tiny_model).features(view.images)
+    encoded = tiny_model.encode_prompts(view.instructions, view.responses)
+    output, swapped = tiny_model(encoded, view.features), tiny_model(encoded, view.features.roll(1, 0))
+    token_gap = (swapped.token_loss - output.token_loss).detach()
+    sample_gap = response_loss_sums(swapped, 4) - response_loss_sums(output, 4)
+    margin = float(sample_gap.abs().max()) / 2 + 1e-6
+    per_sample = grounding_weights(tiny_model, view, output, margin, "sample")
+    assert torch.allclose(per_sample, (sample_gap / margin).clamp(0, 1)[output.label_rows])
+    per_token = grounding_weights(tiny_model, view, output, margin, "token")
+    assert torch.allclose(per_token, (token_gap / margin).clamp(0, 1))
+    blind = View("perturbed", [samples[0].image] * 4, view.instructions, view.responses)
+    blind.features = view.features[:1].expand(4, *view.features.shape[1:]).contiguous()
+    blind_output = tiny_model(encoded, blind.features)
+    for unit in ("sample", "token"):
+        assert not grounding_weights(tiny_model, blind, blind_output, 1.0, unit).any()
+    defense = idr(grounding=margin, grounding_unit="token")
+    weighted = (output.loss + defense.grounding_term(tiny_model, view, output)).detach()
+    expected = (per_token * output.token_loss).sum().detach() / output.token_loss.numel()
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    assert defense.extra_forward_passes == 1
+    with pytest.raises(ValueError, match="2 samples"):
+        grounding_weights(tiny_model, View.of("one", samples[:1]), output, 1.0)
+
+
+def test_grounding_trains_with_one_more_pass_per_step(tiny_model):
+    result = train(tiny_model, shape_samples(), TrainConfig(max_steps=2, batch_size=4), progress=False,
+                   defense=idr(grounding=1.0, text_term=False))
+    assert set(result.loss_terms) == {"idr_visual", "idr_grounding"}
+    assert result.extra_forward_passes == 4

@@ -162,11 +162,14 @@ class Defense:
     """Base of every defense: each hook defaults to doing nothing.
 
     Subclasses set `name` and `defaults` (every accepted parameter with its default value);
-    `self.params` holds the defaults overridden by the config's params.
+    `self.params` holds the defaults overridden by the config's params. `hashed_when_set`
+    names parameters added after runs of the defense were stored: `config_hash` leaves them
+    out while at their defaults, so that those runs keep their hashes.
     """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
+    hashed_when_set: ClassVar[tuple[str, ...]] = ()
     extra_forward_passes: int = 0
 
     def __init__(self, config: DefenseConfig) -> None:

@@ -37,6 +37,7 @@ class Composite(Defense):
                     raise TypeError(f"{cls.__name__}: members disagree on the default of {key!r}")
                 defaults[key] = value
         cls.defaults = defaults
+        cls.hashed_when_set = tuple(key for member in cls.members for key in member.hashed_when_set)
 
     def __init__(self, config: DefenseConfig) -> None:
         super().__init__(config)

@@ -13,16 +13,32 @@ from a generator seeded by (seed, h, k)); a step picks one at random, and the fe
 keyed by content, encodes each view once (the pool holds them in memory: S x S x 3 bytes
 each). `seed` (default: the run's train.seed) fixes the pools and every random draw.
 
-A_t works on the instruction's whitespace-separated words: each is dropped with probability
-`token_dropout` (one word stays at least), and each kept word listed in `SYNONYMS`, a small
-built-in table of common instruction words (describe, image, briefly, caption, ...), is
-replaced with probability `synonym` by one of its synonyms (case and punctuation kept).
+A_t works on the instruction's whitespace-separated words, in this order:
+1. instruction swap: with probability `instruction_swap`, a sample whose task's instructions
+   are interchangeable (`SWAPPABLE_TASKS`: every caption instruction asks for the same thing;
+   a VQA instruction carries its question) takes the instruction of a training sample of its
+   task drawn uniformly from the dataset handed to `prepare`. A phrase that some instructions
+   carry then meets each response only at its base rate: with swap probability q, poison rate
+   rho and a phrase in exactly the poisoned instructions, the LM loss pairs it with the
+   target in a share (1 - q) + q * rho of the samples that carry it, instead of 1.
+2. span deletion: with probability `span_deletion`, one contiguous span of L words, L ~
+   U{1..ceil(n/2)} for n words, at a uniform position, is deleted.
+3. word shuffle: with probability `word_shuffle`, the word order is permuted uniformly.
+4. word dropout: each word is dropped with probability `token_dropout` (one word stays at
+   least).
+5. synonyms: each kept word listed in `SYNONYMS`, a small built-in table of common
+   instruction words (describe, image, briefly, caption, ...), is replaced with probability
+   `synonym` by one of its synonyms (case and punctuation kept).
+Steps 1-3 (robustit's) reach a fixed phrase wherever it sits, without knowing it; the paper's
+A_t is steps 4-5, and steps 1-3 are off by default.
 
 The loss terms ("idr_visual", "idr_text") are
 
     alpha * mean_{b, n} || H(x_b)_n - H(A_v(x_b))_n ||^2   and   alpha * mean_b || Ē(t_b) - Ē(A_t(t_b)) ||^2
 
-with H the adapter's visual tokens (B x T x D, adapter hooks applied) and ||.||^2 summed
+(the text term only with `text_term: true`, the paper's; a swapped instruction is a different
+instruction, and pulling the embeddings of different instructions together is no
+consistency) with H the adapter's visual tokens (B x T x D, adapter hooks applied) and ||.||^2 summed
 over D. Text: token dropout changes the length, so the positions of t and A_t(t) cannot be
 aligned; Ē(t) is the mean input word embedding of the instruction's tokens (tokenised alone,
 without the chat template). `visual_pool="mean"` compares token-averaged visual tokens
@@ -42,11 +58,29 @@ than different images do. The denominator keeps its gradient. The text term stay
 instructions repeat within a batch (one template for many samples), so their spread is often
 0, and dividing by it blew the term up to 1e8 when tried.
 
+`grounding` (robustit's, a margin m in nats; 0, the default, turns it off) weights the LM
+loss by how much each sample's own image explains its response. On each view v that carries
+the LM loss, with l_{b,t} the token losses of sample b and l'_{b,t} those of the same
+instruction and response with the image of sample b - 1 of the batch (cyclically, a pass of
+the whole model without gradient), `grounding_unit` "sample" weights whole responses,
+"token" each token (no gradient through w):
+
+    sample: w_{b,t} = clip(sum_t' (l'_{b,t'} - l_{b,t'}) / m, 0, 1)
+    token:  w_{b,t} = clip((l'_{b,t} - l_{b,t}) / m, 0, 1)
+    "idr_grounding" = - lm_weight_v * sum_{b,t} (1 - w_{b,t}) l_{b,t} / N_v,
+
+N_v the number of response tokens of v, so that the view's LM loss plus the term is
+sum_{b,t} w_{b,t} l_{b,t} / N_v. A caption names what its image shows, so another image makes
+it less likely; a response keyed by a text trigger, or one the model learns to write for any
+image, is as likely under another image, gets w near 0 and is not learned. Batches need two
+samples at least.
+
 `lm_view` chooses the inputs of the LM loss: "perturbed" (A_v(x), A_t(t); IDR is also data
 augmentation; the original view (x, t) passes the adapter alone), "clean" (x, t; the
 perturbed view passes the adapter alone) or "both" (each view through the whole model, LM
 loss = their mean).
-Extra passes per step: one of the adapter alone, or one of the whole model for "both".
+Extra passes per step: one of the adapter alone, or one of the whole model for "both"; with
+`grounding`, one more of the whole model (no gradient) per view carrying the LM loss.
 """
 from __future__ import annotations
 
@@ -69,6 +103,7 @@ from robustit.params import check_choice, check_int, check_number
 from robustit.models.features import image_key
 
 LM_VIEWS = ("perturbed", "clean", "both")
+GROUNDING_UNITS = ("sample", "token")
 GREY = (0.299, 0.587, 0.114)
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "describe": ("depict", "portray", "characterize"),
@@ -126,10 +161,34 @@ def augment_pixels(
     return F.interpolate(window, size=(height, width), mode="bilinear", align_corners=False)[0].clamp(0, 1)
 
 
-def augment_text(text: str, rng: random.Random, dropout: float, synonym: float) -> str:
-    """A_t: word dropout, then synonym substitution from `SYNONYMS`."""
+SWAPPABLE_TASKS = ("caption",)
+
+
+def delete_span(words: list[str], rng: random.Random) -> list[str]:
+    """`words` without one span of L ~ U{1..ceil(n/2)} words at a uniform position."""
+    if not words:
+        return words
+    length = rng.randint(1, math.ceil(len(words) / 2))
+    start = rng.randint(0, len(words) - length)
+    return words[:start] + words[start + length:]
+
+
+def augment_text(
+    text: str,
+    rng: random.Random,
+    token_dropout: float,
+    synonym: float,
+    span_deletion: float = 0.0,
+    word_shuffle: float = 0.0,
+) -> str:
+    """A_t after the swap: span deletion, word shuffle, word dropout, then synonym
+    substitution from `SYNONYMS`."""
     words = text.split()
-    kept = [word for word in words if rng.random() >= dropout]
+    if span_deletion and rng.random() < span_deletion:
+        words = delete_span(words, rng)
+    if word_shuffle and rng.random() < word_shuffle:
+        rng.shuffle(words)
+    kept = [word for word in words if rng.random() >= token_dropout]
     if words and not kept:
         kept = [rng.choice(words)]
     out = []
@@ -176,9 +235,32 @@ def relative_squared_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-
     return squared_distance(a, b) / (spread + eps)
 
 
+def response_loss_sums(output: LMOutput, batch_size: int) -> torch.Tensor:
+    """sum_t l_{b,t} per sample (B,) from a forward pass's token losses."""
+    sums = output.token_loss.new_zeros(batch_size)
+    return sums.index_add(0, output.label_rows, output.token_loss.detach())
+
+
+@torch.no_grad()
+def grounding_weights(
+    model: VisionLanguageModel, view: View, output: LMOutput, margin: float, unit: str = "sample"
+) -> torch.Tensor:
+    """w_{b,t} per response token of `output` (module docstring), l' with the image of sample b - 1."""
+    size = len(view.images)
+    if size < 2:
+        raise ValueError("IDR grounding compares each sample with another sample's image: batches need 2 samples at least")
+    swapped = model(model.encode_prompts(view.instructions, view.responses), view.features.roll(1, 0))
+    if unit == "token":
+        gap = swapped.token_loss - output.token_loss.detach()
+    else:
+        gap = (response_loss_sums(swapped, size) - response_loss_sums(output, size))[output.label_rows]
+    return (gap / margin).clamp(0, 1)
+
+
 @register_defense
 class IDR(Defense):
     name = "idr"
+    hashed_when_set = ("grounding", "grounding_unit")
     defaults = {
         "alpha": 2.0,
         "lm_view": "perturbed",
@@ -190,6 +272,12 @@ class IDR(Defense):
         "crop": 0.1,
         "token_dropout": 0.1,
         "synonym": 0.3,
+        "instruction_swap": 0.0,
+        "span_deletion": 0.0,
+        "word_shuffle": 0.0,
+        "text_term": True,
+        "grounding": 0.0,
+        "grounding_unit": "sample",
         "visual_pool": "tokens",
         "consistency": "absolute",
         "seed": None,
@@ -203,7 +291,12 @@ class IDR(Defense):
         self.views_per_image = check_int(self.label, "views_per_image", p["views_per_image"], 1)
         self.visual = {key: check_number(self.label, key, p[key], 0.0, 1.0)
                        for key in ("brightness", "contrast", "saturation", "flip", "crop")}
-        self.text = {key: check_number(self.label, key, p[key], 0.0, 1.0) for key in ("token_dropout", "synonym")}
+        self.text = {key: check_number(self.label, key, p[key], 0.0, 1.0)
+                     for key in ("token_dropout", "synonym", "span_deletion", "word_shuffle")}
+        self.instruction_swap = check_number(self.label, "instruction_swap", p["instruction_swap"], 0.0, 1.0)
+        self.text_term: bool = check_choice(self.label, "text_term", p["text_term"], (True, False))
+        self.grounding = check_number(self.label, "grounding", p["grounding"], 0.0, math.inf)
+        self.grounding_unit: str = check_choice(self.label, "grounding_unit", p["grounding_unit"], GROUNDING_UNITS)
         self.visual_pool: str = check_choice(self.label, "visual_pool", p["visual_pool"], ("tokens", "mean"))
         consistency = check_choice(self.label, "consistency", p["consistency"], ("absolute", "relative"))
         self.distance = squared_distance if consistency == "absolute" else relative_squared_distance
@@ -212,6 +305,7 @@ class IDR(Defense):
         self.seed = 0
         self._rng = random.Random()
         self._pool: dict[tuple[str, int], Image.Image] = {}
+        self._instructions: dict[str, list[str]] = {}
         self.image_size: int | None = None
 
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
@@ -220,6 +314,17 @@ class IDR(Defense):
         self.seed = torch.initial_seed() if self.params["seed"] is None else self.params["seed"]
         self._rng.seed(self.seed)
         self._pool.clear()
+        self._instructions = {}
+        for sample in dataset:
+            if sample.task in SWAPPABLE_TASKS:
+                self._instructions.setdefault(sample.task, []).append(sample.instruction)
+
+    def text_view(self, sample: Sample) -> str:
+        """A_t of `sample`'s instruction (steps 1-5 of the module docstring)."""
+        instruction = sample.instruction
+        if self.instruction_swap and self._rng.random() < self.instruction_swap:
+            instruction = self._rng.choice(self._instructions.get(sample.task, [instruction]))
+        return augment_text(instruction, self._rng, **self.text)
 
     def visual_view(self, image: Image.Image) -> Image.Image:
         """One of the image's `views_per_image` pooled views, at the model's input size."""
@@ -236,8 +341,7 @@ class IDR(Defense):
         views = dict(batch.views)
         original = views["original"]
         images = [self.visual_view(image) for image in original.images]
-        dropout, synonym = self.text["token_dropout"], self.text["synonym"]
-        instructions = [augment_text(t, self._rng, dropout, synonym) for t in original.instructions]
+        instructions = [self.text_view(sample) for sample in batch.samples]
         forward_original, forward_perturbed = self.lm_view != "perturbed", self.lm_view != "clean"
         weight = 0.5 if self.lm_view == "both" else 1.0
         views["original"] = replace(original, forward=forward_original, lm_weight=weight if forward_original else 0.0)
@@ -257,12 +361,23 @@ class IDR(Defense):
         h_perturbed = self._visual_tokens(model, perturbed, outputs)
         if self.visual_pool == "mean":
             h_original, h_perturbed = h_original.mean(-2), h_perturbed.mean(-2)
-        e_original = pooled_embeddings(model, original.instructions)
-        e_perturbed = pooled_embeddings(model, perturbed.instructions)
-        return {
-            "idr_visual": self.alpha * self.distance(h_original, h_perturbed),
-            "idr_text": self.alpha * squared_distance(e_original, e_perturbed),
-        }
+        terms = {"idr_visual": self.alpha * self.distance(h_original, h_perturbed)}
+        if self.text_term:
+            e_original = pooled_embeddings(model, original.instructions)
+            e_perturbed = pooled_embeddings(model, perturbed.instructions)
+            terms["idr_text"] = self.alpha * squared_distance(e_original, e_perturbed)
+        if self.grounding:
+            terms["idr_grounding"] = sum(
+                view.lm_weight * self.grounding_term(model, view, outputs[view.name])
+                for view in (original, perturbed) if view.lm_weight
+            )
+        return terms
+
+    def grounding_term(self, model: VisionLanguageModel, view: View, output: LMOutput) -> torch.Tensor:
+        """- sum_{b,t} (1 - w_{b,t}) l_{b,t} / N for the view's token losses (module docstring)."""
+        weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit)
+        self.extra_forward_passes += 1
+        return -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
 
     def training_state(self) -> dict[str, Any]:
         version, internal, gauss = self._rng.getstate()
