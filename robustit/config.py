@@ -142,9 +142,9 @@ class ExperimentConfig:
         return out
 
     def outcome(self) -> dict[str, Any]:
-        """`resolved()` without `RESULT_NEUTRAL_FIELDS`, and without `LEFT_OUT_AT_DEFAULT` fields
-        and the defense's `hashed_when_set` parameters at their defaults, and with `HASHED_AT_DEFAULT` at their defaults: what decides the tuned
-        model and its evaluation."""
+        """`resolved()` without `RESULT_NEUTRAL_FIELDS`, without `LEFT_OUT_AT_DEFAULT` fields and
+        the defense's `hashed_when_set` parameters at their defaults, and with
+        `HASHED_AT_DEFAULT` at their defaults: what decides the tuned model and its evaluation."""
         resolved, defaults = self.resolved(), ExperimentConfig().to_dict()
         at_default = [key for key in LEFT_OUT_AT_DEFAULT if value_at(resolved, key) == value_at(defaults, key)]
         if self.defense is not None:
