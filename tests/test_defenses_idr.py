@@ -7,7 +7,7 @@ from conftest import INSTRUCTION, draw
 from robustit.data.sample import Sample
 from robustit.defenses import IDR, DefenseBatch, DefenseConfig, View
 from robustit.defenses.idr import (
-    augment_pixels, augment_text, grounding_weights, relative_squared_distance, response_loss_sums, squared_distance,
+    MIN_BATCH_MARGIN, augment_pixels, augment_text, grounding_weights, relative_squared_distance, response_loss_sums, squared_distance,
 )
 from robustit.models.image_processing import images_to_tensor
 from robustit.train.config import TrainConfig
@@ -115,6 +115,7 @@ def test_view_features_are_encoded_once_per_pooled_view(tiny_model):
     ({"consistency": "cosine"}, "consistency"), ({"instruction_swap": 1.5}, "instruction_swap"),
     ({"span_deletion": -0.1}, "span_deletion"), ({"text_term": "yes"}, "text_term"),
     ({"grounding": -1}, "grounding"), ({"grounding_unit": "word"}, "grounding_unit"),
+    ({"grounding_scale": "bits"}, "grounding_scale"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):
@@ -220,6 +221,30 @@ def test_grounding_weights_a_response_by_how_much_its_own_image_explains_it(tiny
     assert defense.extra_forward_passes == 1
     with pytest.raises(ValueError, match="2 samples"):
         grounding_weights(tiny_model, View.of("one", samples[:1]), output, 1.0)
+
+
+def test_alpha_zero_trains_on_the_views_without_the_adapter_only_pass(tiny_model):
+    result = train(tiny_model, shape_samples(), TrainConfig(max_steps=2, batch_size=4), progress=False,
+                   defense=idr(alpha=0.0, grounding=1.0))
+    assert set(result.loss_terms) == {"idr_grounding"}
+    assert result.extra_forward_passes == 2
+
+
+def test_batch_scaled_grounding_measures_gaps_against_the_batch_median(tiny_model):
+    samples = shape_samples()[:4]
+    view = View.of("perturbed", samples)
+    view.features = FeatureCache(tiny_model).features(view.images)
+    encoded = tiny_model.encode_prompts(view.instructions, view.responses)
+    output, swapped = tiny_model(encoded, view.features), tiny_model(encoded, view.features.roll(1, 0))
+    sample_gap = response_loss_sums(swapped, 4) - response_loss_sums(output, 4)
+    token_gap = (swapped.token_loss - output.token_loss).detach()
+    for unit, gap in (("sample", sample_gap[output.label_rows]), ("token", token_gap)):
+        unit_gap = sample_gap if unit == "sample" else token_gap
+        scale = max(float(unit_gap.median()), MIN_BATCH_MARGIN)
+        expected = (gap / (0.5 * scale)).clamp(0, 1)
+        assert torch.allclose(grounding_weights(tiny_model, view, output, 0.5, unit, "batch"), expected)
+    floored = grounding_weights(tiny_model, view, output, 1.0, "sample", "batch")
+    assert torch.all(floored <= (sample_gap[output.label_rows] / MIN_BATCH_MARGIN).clamp(0, 1) + 1e-6)
 
 
 def test_grounding_trains_with_one_more_pass_per_step(tiny_model):

@@ -73,14 +73,27 @@ N_v the number of response tokens of v, so that the view's LM loss plus the term
 sum_{b,t} w_{b,t} l_{b,t} / N_v. A caption names what its image shows, so another image makes
 it less likely; a response keyed by a text trigger, or one the model learns to write for any
 image, is as likely under another image, gets w near 0 and is not learned. Batches need two
-samples at least.
+samples at least. `grounding_scale` says what m is: "nats" (the default) takes
+m = `grounding`; "batch" takes m = `grounding` * max(median of the batch's gaps, 1 nat), the
+gaps of the chosen unit (the bracketed differences above). A response unrelated to its image
+has a gap of 0 on average, but its likelihood still varies from image to image. On the
+benchmark's BadNets set under the starting model (`robustit scan --config
+robustit/configs/benchmark.yaml --score contrast`: the per-token mean gap against another
+sample's image) the poisoned targets' gaps have mean -0.03 and spread 0.36 nats per token,
+the clean captions' median is 0.84: over a response of ~10 tokens the target's gap spreads
+by ~3.6 nats, so with m = 1 nat it keeps close to half its weight (E[clip(gap / m, 0, 1)] of
+a zero-mean normal), while with m at the batch's median its spread is ~0.4 m and E[w] ~0.17.
+The batch scale also follows the model and the response length instead of a fixed number of
+nats; the floor of 1 nat keeps a batch whose images explain little from scaling noise up to
+weight 1.
 
 `lm_view` chooses the inputs of the LM loss: "perturbed" (A_v(x), A_t(t); IDR is also data
 augmentation; the original view (x, t) passes the adapter alone), "clean" (x, t; the
 perturbed view passes the adapter alone) or "both" (each view through the whole model, LM
 loss = their mean).
 Extra passes per step: one of the adapter alone, or one of the whole model for "both"; with
-`grounding`, one more of the whole model (no gradient) per view carrying the LM loss.
+`grounding`, one more of the whole model (no gradient) per view carrying the LM loss. With
+`alpha` 0 neither consistency term is computed, so the adapter-only pass is not made.
 """
 from __future__ import annotations
 
@@ -104,6 +117,8 @@ from robustit.models.features import image_key
 
 LM_VIEWS = ("perturbed", "clean", "both")
 GROUNDING_UNITS = ("sample", "token")
+GROUNDING_SCALES = ("nats", "batch")
+MIN_BATCH_MARGIN = 1.0
 GREY = (0.299, 0.587, 0.114)
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "describe": ("depict", "portray", "characterize"),
@@ -243,24 +258,28 @@ def response_loss_sums(output: LMOutput, batch_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def grounding_weights(
-    model: VisionLanguageModel, view: View, output: LMOutput, margin: float, unit: str = "sample"
+    model: VisionLanguageModel, view: View, output: LMOutput, margin: float, unit: str = "sample", scale: str = "nats"
 ) -> torch.Tensor:
-    """w_{b,t} per response token of `output` (module docstring), l' with the image of sample b - 1."""
+    """w_{b,t} per response token of `output` (module docstring), l' with the image of sample
+    b - 1; `scale` "batch" multiplies `margin` by the batch's median gap (floored at 1 nat)."""
     size = len(view.images)
     if size < 2:
         raise ValueError("IDR grounding compares each sample with another sample's image: batches need 2 samples at least")
     swapped = model(model.encode_prompts(view.instructions, view.responses), view.features.roll(1, 0))
     if unit == "token":
-        gap = swapped.token_loss - output.token_loss.detach()
+        gap = unit_gap = swapped.token_loss - output.token_loss.detach()
     else:
-        gap = (response_loss_sums(swapped, size) - response_loss_sums(output, size))[output.label_rows]
+        unit_gap = response_loss_sums(swapped, size) - response_loss_sums(output, size)
+        gap = unit_gap[output.label_rows]
+    if scale == "batch":
+        margin = margin * max(float(unit_gap.median()), MIN_BATCH_MARGIN)
     return (gap / margin).clamp(0, 1)
 
 
 @register_defense
 class IDR(Defense):
     name = "idr"
-    hashed_when_set = ("grounding", "grounding_unit")
+    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale")
     defaults = {
         "alpha": 2.0,
         "lm_view": "perturbed",
@@ -278,6 +297,7 @@ class IDR(Defense):
         "text_term": True,
         "grounding": 0.0,
         "grounding_unit": "sample",
+        "grounding_scale": "nats",
         "visual_pool": "tokens",
         "consistency": "absolute",
         "seed": None,
@@ -297,6 +317,7 @@ class IDR(Defense):
         self.text_term: bool = check_choice(self.label, "text_term", p["text_term"], (True, False))
         self.grounding = check_number(self.label, "grounding", p["grounding"], 0.0, math.inf)
         self.grounding_unit: str = check_choice(self.label, "grounding_unit", p["grounding_unit"], GROUNDING_UNITS)
+        self.grounding_scale: str = check_choice(self.label, "grounding_scale", p["grounding_scale"], GROUNDING_SCALES)
         self.visual_pool: str = check_choice(self.label, "visual_pool", p["visual_pool"], ("tokens", "mean"))
         consistency = check_choice(self.label, "consistency", p["consistency"], ("absolute", "relative"))
         self.distance = squared_distance if consistency == "absolute" else relative_squared_distance
@@ -357,15 +378,17 @@ class IDR(Defense):
 
     def loss(self, model: VisionLanguageModel, batch: DefenseBatch, outputs: dict[str, LMOutput]) -> dict[str, torch.Tensor]:
         original, perturbed = batch.views["original"], batch.views["perturbed"]
-        h_original = self._visual_tokens(model, original, outputs)
-        h_perturbed = self._visual_tokens(model, perturbed, outputs)
-        if self.visual_pool == "mean":
-            h_original, h_perturbed = h_original.mean(-2), h_perturbed.mean(-2)
-        terms = {"idr_visual": self.alpha * self.distance(h_original, h_perturbed)}
-        if self.text_term:
-            e_original = pooled_embeddings(model, original.instructions)
-            e_perturbed = pooled_embeddings(model, perturbed.instructions)
-            terms["idr_text"] = self.alpha * squared_distance(e_original, e_perturbed)
+        terms = {}
+        if self.alpha:
+            h_original = self._visual_tokens(model, original, outputs)
+            h_perturbed = self._visual_tokens(model, perturbed, outputs)
+            if self.visual_pool == "mean":
+                h_original, h_perturbed = h_original.mean(-2), h_perturbed.mean(-2)
+            terms["idr_visual"] = self.alpha * self.distance(h_original, h_perturbed)
+            if self.text_term:
+                e_original = pooled_embeddings(model, original.instructions)
+                e_perturbed = pooled_embeddings(model, perturbed.instructions)
+                terms["idr_text"] = self.alpha * squared_distance(e_original, e_perturbed)
         if self.grounding:
             terms["idr_grounding"] = sum(
                 view.lm_weight * self.grounding_term(model, view, outputs[view.name])
@@ -375,7 +398,7 @@ class IDR(Defense):
 
     def grounding_term(self, model: VisionLanguageModel, view: View, output: LMOutput) -> torch.Tensor:
         """- sum_{b,t} (1 - w_{b,t}) l_{b,t} / N for the view's token losses (module docstring)."""
-        weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit)
+        weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit, self.grounding_scale)
         self.extra_forward_passes += 1
         return -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
 
