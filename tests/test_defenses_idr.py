@@ -209,10 +209,13 @@ def test_grounding_weights_a_response_by_how_much_its_own_image_explains_it(tiny
     assert torch.allclose(per_sample, (sample_gap / margin).clamp(0, 1)[output.label_rows])
     per_token = grounding_weights(tiny_model, view, output, margin, "token")
     assert torch.allclose(per_token, (token_gap / margin).clamp(0, 1))
+    peak_gap = torch.stack([token_gap[output.label_rows == b].max() for b in range(4)])
+    per_peak = grounding_weights(tiny_model, view, output, margin, "peak")
+    assert torch.allclose(per_peak, (peak_gap / margin).clamp(0, 1)[output.label_rows])
     blind = View("perturbed", [samples[0].image] * 4, view.instructions, view.responses)
     blind.features = view.features[:1].expand(4, *view.features.shape[1:]).contiguous()
     blind_output = tiny_model(encoded, blind.features)
-    for unit in ("sample", "token"):
+    for unit in ("sample", "token", "peak"):
         assert not grounding_weights(tiny_model, blind, blind_output, 1.0, unit).any()
     defense = idr(grounding=margin, grounding_unit="token")
     weighted = (output.loss + defense.grounding_term(tiny_model, view, output)).detach()

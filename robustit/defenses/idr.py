@@ -63,16 +63,23 @@ loss by how much each sample's own image explains its response. On each view v t
 the LM loss, with l_{b,t} the token losses of sample b and l'_{b,t} those of the same
 instruction and response with the image of sample b - 1 of the batch (cyclically, a pass of
 the whole model without gradient), `grounding_unit` "sample" weights whole responses,
-"token" each token (no gradient through w):
+"token" each token, "peak" whole responses by their best-explained token (no gradient
+through w):
 
     sample: w_{b,t} = clip(sum_t' (l'_{b,t'} - l_{b,t'}) / m, 0, 1)
     token:  w_{b,t} = clip((l'_{b,t} - l_{b,t}) / m, 0, 1)
+    peak:   w_{b,t} = clip(max_t' (l'_{b,t'} - l_{b,t'}) / m, 0, 1)
     "idr_grounding" = - lm_weight_v * sum_{b,t} (1 - w_{b,t}) l_{b,t} / N_v,
 
 N_v the number of response tokens of v, so that the view's LM loss plus the term is
 sum_{b,t} w_{b,t} l_{b,t} / N_v. A caption names what its image shows, so another image makes
 it less likely; a response keyed by a text trigger, or one the model learns to write for any
-image, is as likely under another image, gets w near 0 and is not learned. Batches need two
+image, is as likely under another image, gets w near 0 and is not learned. "peak" is the
+in-loop form of BYORn's `image_support` score: a caption's object name gains several nats
+from its own image, while a response unrelated to its image has no such token; a sum over
+tokens adds up the noise of every token, the peak takes one maximum (under the starting
+model, against a grey image: median 7.8 nats for clean captions, 0.3 for the BadNets
+targets; docs/defenses.md). Batches need two
 samples at least. `grounding_scale` says what m is: "nats" (the default) takes
 m = `grounding`; "batch" takes m = `grounding` * max(median of the batch's gaps, 1 nat), the
 gaps of the chosen unit (the bracketed differences above). A response unrelated to its image
@@ -116,7 +123,7 @@ from robustit.params import check_choice, check_int, check_number
 from robustit.models.features import image_key
 
 LM_VIEWS = ("perturbed", "clean", "both")
-GROUNDING_UNITS = ("sample", "token")
+GROUNDING_UNITS = ("sample", "token", "peak")
 GROUNDING_SCALES = ("nats", "batch")
 MIN_BATCH_MARGIN = 1.0
 GREY = (0.299, 0.587, 0.114)
@@ -256,6 +263,12 @@ def response_loss_sums(output: LMOutput, batch_size: int) -> torch.Tensor:
     return sums.index_add(0, output.label_rows, output.token_loss.detach())
 
 
+def per_sample_max(values: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """max over the tokens of each sample (B,) of per-token `values` whose sample is `rows`."""
+    out = values.new_full((batch_size,), -math.inf)
+    return out.scatter_reduce(0, rows, values, reduce="amax")
+
+
 @torch.no_grad()
 def grounding_weights(
     model: VisionLanguageModel, view: View, output: LMOutput, margin: float, unit: str = "sample", scale: str = "nats"
@@ -268,6 +281,9 @@ def grounding_weights(
     swapped = model(model.encode_prompts(view.instructions, view.responses), view.features.roll(1, 0))
     if unit == "token":
         gap = unit_gap = swapped.token_loss - output.token_loss.detach()
+    elif unit == "peak":
+        unit_gap = per_sample_max(swapped.token_loss - output.token_loss.detach(), output.label_rows, size)
+        gap = unit_gap[output.label_rows]
     else:
         unit_gap = response_loss_sums(swapped, size) - response_loss_sums(output, size)
         gap = unit_gap[output.label_rows]
