@@ -11,6 +11,7 @@ from robustit.defenses.idr import (
 )
 from robustit.models.image_processing import images_to_tensor
 from robustit.train.config import TrainConfig
+from robustit.defenses.plausibility import image_gaps
 from robustit.models.features import FeatureCache
 from robustit.train.loop import train
 from test_train import shape_samples
@@ -115,7 +116,7 @@ def test_view_features_are_encoded_once_per_pooled_view(tiny_model):
     ({"consistency": "cosine"}, "consistency"), ({"instruction_swap": 1.5}, "instruction_swap"),
     ({"span_deletion": -0.1}, "span_deletion"), ({"text_term": "yes"}, "text_term"),
     ({"grounding": -1}, "grounding"), ({"grounding_unit": "word"}, "grounding_unit"),
-    ({"grounding_scale": "bits"}, "grounding_scale"),
+    ({"grounding_scale": "bits"}, "grounding_scale"), ({"grounding_reference": "final"}, "grounding_reference"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):
@@ -255,3 +256,27 @@ def test_grounding_trains_with_one_more_pass_per_step(tiny_model):
                    defense=idr(grounding=1.0, text_term=False))
     assert set(result.loss_terms) == {"idr_visual", "idr_grounding"}
     assert result.extra_forward_passes == 4
+
+
+def test_start_referenced_grounding_weighs_by_the_starting_weights_gaps_in_every_step(tiny_model):
+    samples = shape_samples()
+    starting = {name: value.clone() for name, value in tiny_model.trainable_state_dict().items()}
+    gaps, passes = image_gaps(tiny_model, samples, FeatureCache(tiny_model), 4, progress=False)
+    defense = idr(alpha=0.0, grounding=0.5, grounding_unit="peak", grounding_reference="start")
+    result = train(tiny_model, samples, TrainConfig(max_steps=3, batch_size=4), progress=False, defense=defense)
+    assert defense._reference == pytest.approx({s.id: float(g.max()) for s, g in zip(samples, gaps)}, rel=1e-5, abs=1e-6)
+    assert result.extra_forward_passes == passes == 2 * -(-len(samples) // 4)
+    assert any(not torch.equal(value, starting[name]) for name, value in tiny_model.trainable_state_dict().items())
+    view = View.of("perturbed", samples[:4])
+    view.features = FeatureCache(tiny_model).features(view.images)
+    output = tiny_model(tiny_model.encode_prompts(view.instructions, view.responses), view.features)
+    term = defense.grounding_term(tiny_model, view, output, [s.id for s in samples[:4]])
+    weights = torch.tensor([min(max(float(g.max()) / 0.5, 0.0), 1.0) for g in gaps[:4]])[output.label_rows]
+    expected = -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
+    assert float(term.detach()) == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-6)
+    assert result.extra_forward_passes == defense.extra_forward_passes
+
+
+def test_start_referenced_grounding_refuses_per_token_weights():
+    with pytest.raises(ValueError, match="grounding_reference"):
+        idr(grounding=1.0, grounding_unit="token", grounding_reference="start")

@@ -94,6 +94,18 @@ The batch scale also follows the model and the response length instead of a fixe
 nats; the floor of 1 nat keeps a batch whose images explain little from scaling noise up to
 weight 1.
 
+`grounding_reference` says which weights give the gaps. "current" (the default) takes those
+being tuned, in the loop as above. Under them a response the model has begun to write for
+some images more than for others, a target among them, gains a gap of either sign from image
+to image, and the clip keeps the positive half: the weights of the poisoned samples grow with
+what the model has learned of them. "start" takes the starting weights, once, before the first
+step: for each training sample (x, t, y) the gaps NLL_j(y | x', t) - NLL_j(y | x, t) of its
+own instruction and response, x' the image of the sample half the training set away (BYORn's
+`contrast` pairing, `plausibility.image_gaps`), in the unit's form (sum or peak; "token" needs
+"current": a view's instruction may differ from the sample's), and every view of the sample
+is weighted by them in every step. It costs two passes per batch of the training set once
+and none in the loop.
+
 `lm_view` chooses the inputs of the LM loss: "perturbed" (A_v(x), A_t(t); IDR is also data
 augmentation; the original view (x, t) passes the adapter alone), "clean" (x, t; the
 perturbed view passes the adapter alone) or "both" (each view through the whole model, LM
@@ -116,7 +128,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from robustit.data.sample import Sample
-from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, register_defense
+from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, TuningState, View, register_defense
+from robustit.defenses.plausibility import image_gaps
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.models.image_processing import images_to_tensor
 from robustit.params import check_choice, check_int, check_number
@@ -125,6 +138,7 @@ from robustit.models.features import image_key
 LM_VIEWS = ("perturbed", "clean", "both")
 GROUNDING_UNITS = ("sample", "token", "peak")
 GROUNDING_SCALES = ("nats", "batch")
+GROUNDING_REFERENCES = ("current", "start")
 MIN_BATCH_MARGIN = 1.0
 GREY = (0.299, 0.587, 0.114)
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -287,6 +301,11 @@ def grounding_weights(
     else:
         unit_gap = response_loss_sums(swapped, size) - response_loss_sums(output, size)
         gap = unit_gap[output.label_rows]
+    return clipped_weights(gap, unit_gap, margin, scale)
+
+
+def clipped_weights(gap: torch.Tensor, unit_gap: torch.Tensor, margin: float, scale: str) -> torch.Tensor:
+    """clip(gap / m, 0, 1); m = `margin`, times max(median of `unit_gap`, 1 nat) for `scale` "batch"."""
     if scale == "batch":
         margin = margin * max(float(unit_gap.median()), MIN_BATCH_MARGIN)
     return (gap / margin).clamp(0, 1)
@@ -295,7 +314,7 @@ def grounding_weights(
 @register_defense
 class IDR(Defense):
     name = "idr"
-    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale")
+    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale", "grounding_reference")
     defaults = {
         "alpha": 2.0,
         "lm_view": "perturbed",
@@ -314,6 +333,7 @@ class IDR(Defense):
         "grounding": 0.0,
         "grounding_unit": "sample",
         "grounding_scale": "nats",
+        "grounding_reference": "current",
         "visual_pool": "tokens",
         "consistency": "absolute",
         "seed": None,
@@ -334,6 +354,11 @@ class IDR(Defense):
         self.grounding = check_number(self.label, "grounding", p["grounding"], 0.0, math.inf)
         self.grounding_unit: str = check_choice(self.label, "grounding_unit", p["grounding_unit"], GROUNDING_UNITS)
         self.grounding_scale: str = check_choice(self.label, "grounding_scale", p["grounding_scale"], GROUNDING_SCALES)
+        self.grounding_reference: str = check_choice(self.label, "grounding_reference", p["grounding_reference"],
+                                                     GROUNDING_REFERENCES)
+        if self.grounding_reference == "start" and self.grounding_unit == "token":
+            raise ValueError(f"{self.label}: grounding_unit 'token' needs grounding_reference 'current' (a view's "
+                             "instruction, and so its tokens, may differ from the sample's)")
         self.visual_pool: str = check_choice(self.label, "visual_pool", p["visual_pool"], ("tokens", "mean"))
         consistency = check_choice(self.label, "consistency", p["consistency"], ("absolute", "relative"))
         self.distance = squared_distance if consistency == "absolute" else relative_squared_distance
@@ -343,6 +368,8 @@ class IDR(Defense):
         self._rng = random.Random()
         self._pool: dict[tuple[str, int], Image.Image] = {}
         self._instructions: dict[str, list[str]] = {}
+        self._dataset: tuple[Sample, ...] = ()
+        self._reference: dict[str, float] = {}
         self.image_size: int | None = None
 
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
@@ -352,9 +379,21 @@ class IDR(Defense):
         self._rng.seed(self.seed)
         self._pool.clear()
         self._instructions = {}
+        self._dataset = tuple(dataset)
+        self._reference = {}
         for sample in dataset:
             if sample.task in SWAPPABLE_TASKS:
                 self._instructions.setdefault(sample.task, []).append(sample.instruction)
+
+    def curate(self, state: TuningState) -> None:
+        """With `grounding_reference` "start": the gap of every training sample under the
+        starting weights, before the first step (module docstring)."""
+        if not (self.grounding and self.grounding_reference == "start") or self._reference:
+            return
+        gaps, passes = image_gaps(state.model, self._dataset, state.features, state.batch_size, state.progress)
+        self.extra_forward_passes += passes
+        reduce = max if self.grounding_unit == "peak" else sum
+        self._reference = {sample.id: float(reduce(gap.tolist())) for sample, gap in zip(self._dataset, gaps)}
 
     def text_view(self, sample: Sample) -> str:
         """A_t of `sample`'s instruction (steps 1-5 of the module docstring)."""
@@ -406,23 +445,32 @@ class IDR(Defense):
                 e_perturbed = pooled_embeddings(model, perturbed.instructions)
                 terms["idr_text"] = self.alpha * squared_distance(e_original, e_perturbed)
         if self.grounding:
+            ids = [sample.id for sample in batch.samples]
             terms["idr_grounding"] = sum(
-                view.lm_weight * self.grounding_term(model, view, outputs[view.name])
+                view.lm_weight * self.grounding_term(model, view, outputs[view.name], ids)
                 for view in (original, perturbed) if view.lm_weight
             )
         return terms
 
-    def grounding_term(self, model: VisionLanguageModel, view: View, output: LMOutput) -> torch.Tensor:
-        """- sum_{b,t} (1 - w_{b,t}) l_{b,t} / N for the view's token losses (module docstring)."""
-        weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit, self.grounding_scale)
-        self.extra_forward_passes += 1
+    def grounding_term(self, model: VisionLanguageModel, view: View, output: LMOutput, ids: Sequence[str] = ()) -> torch.Tensor:
+        """- sum_{b,t} (1 - w_{b,t}) l_{b,t} / N for the view's token losses (module docstring);
+        `ids`: the view's sample ids, which "start" looks its gaps up by."""
+        if self.grounding_reference == "start":
+            if not self._reference:
+                raise RuntimeError("IDR grounding_reference 'start': curate must run before the first step")
+            unit_gap = output.token_loss.new_tensor([self._reference[i] for i in ids])
+            weights = clipped_weights(unit_gap[output.label_rows], unit_gap, self.grounding, self.grounding_scale)
+        else:
+            weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit, self.grounding_scale)
+            self.extra_forward_passes += 1
         return -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
 
     def training_state(self) -> dict[str, Any]:
         version, internal, gauss = self._rng.getstate()
-        return {**super().training_state(), "rng": [version, list(internal), gauss]}
+        return {**super().training_state(), "rng": [version, list(internal), gauss], "reference": dict(self._reference)}
 
     def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
         super().load_training_state(state, model)
         version, internal, gauss = state["rng"]
         self._rng.setstate((version, tuple(internal), gauss))
+        self._reference = dict(state.get("reference", {}))

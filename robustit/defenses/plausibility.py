@@ -113,6 +113,28 @@ def token_nll(model: VisionLanguageModel, features: FeatureCache, images: list[I
     return [losses[rows == i] for i in range(len(samples))]
 
 
+def other_image(samples: Sequence[Sample], i: int) -> Image.Image:
+    """x' of sample i: the image of the sample half the set away, (i + n // 2) mod n."""
+    return samples[(i + len(samples) // 2) % len(samples)].image
+
+
+def image_gaps(
+    model: VisionLanguageModel, samples: Sequence[Sample], features: FeatureCache, batch_size: int, progress: bool = True
+) -> tuple[list[np.ndarray], int]:
+    """NLL_j(y | x', t) - NLL_j(y | x, t) of every sample's response tokens under `model`,
+    frozen for the pass, x' = `other_image`; and the passes it took (two a batch)."""
+    gaps: list[np.ndarray] = []
+    passes = 0
+    with frozen(model):
+        for indices in batches(range(len(samples)), batch_size, "image gaps", progress):
+            batch = [samples[i] for i in indices]
+            own = token_nll(model, features, [s.image for s in batch], batch)
+            other = token_nll(model, features, [other_image(samples, i) for i in indices], batch)
+            gaps += [o - w for w, o in zip(own, other)]
+            passes += 2
+    return gaps, passes
+
+
 def relative_scores(score: str, own: list[np.ndarray], other: list[np.ndarray]) -> list[float]:
     """The score of each sample from its token NLLs with its own and with another image."""
     if score == "image_support":
@@ -157,7 +179,7 @@ def score_responses(
                 scores += [float(w.mean()) for w in own]
                 continue
             if score == "contrast":
-                others = [samples[(i + len(samples) // 2) % len(samples)].image for i in indices]
+                others = [other_image(samples, i) for i in indices]
             else:
                 others = [neutral_image(s.image) for s in batch]
             scores += relative_scores(score, own, token_nll(model, features, others, batch))
