@@ -117,6 +117,7 @@ def test_view_features_are_encoded_once_per_pooled_view(tiny_model):
     ({"span_deletion": -0.1}, "span_deletion"), ({"text_term": "yes"}, "text_term"),
     ({"grounding": -1}, "grounding"), ({"grounding_unit": "word"}, "grounding_unit"),
     ({"grounding_scale": "bits"}, "grounding_scale"), ({"grounding_reference": "final"}, "grounding_reference"),
+    ({"grounding_floor": -1}, "grounding_floor"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):
@@ -213,6 +214,10 @@ def test_grounding_weights_a_response_by_how_much_its_own_image_explains_it(tiny
     peak_gap = torch.stack([token_gap[output.label_rows == b].max() for b in range(4)])
     per_peak = grounding_weights(tiny_model, view, output, margin, "peak")
     assert torch.allclose(per_peak, (peak_gap / margin).clamp(0, 1)[output.label_rows])
+    floor = margin / 4
+    ramp = grounding_weights(tiny_model, view, output, margin, "peak", floor=floor)
+    assert torch.allclose(ramp, ((peak_gap - floor) / (margin - floor)).clamp(0, 1)[output.label_rows])
+    assert torch.all(ramp[(peak_gap <= floor)[output.label_rows]] == 0)
     blind = View("perturbed", [samples[0].image] * 4, view.instructions, view.responses)
     blind.features = view.features[:1].expand(4, *view.features.shape[1:]).contiguous()
     blind_output = tiny_model(encoded, blind.features)
@@ -280,3 +285,9 @@ def test_start_referenced_grounding_weighs_by_the_starting_weights_gaps_in_every
 def test_start_referenced_grounding_refuses_per_token_weights():
     with pytest.raises(ValueError, match="grounding_reference"):
         idr(grounding=1.0, grounding_unit="token", grounding_reference="start")
+
+
+def test_the_grounding_floor_lies_below_the_margin():
+    with pytest.raises(ValueError, match="grounding_floor"):
+        idr(grounding=1.0, grounding_floor=1.0)
+    assert idr(grounding=2.0, grounding_floor=1.0).grounding_floor == 1.0

@@ -80,7 +80,10 @@ from its own image, while a response unrelated to its image has no such token; a
 tokens adds up the noise of every token, the peak takes one maximum (under the starting
 model, against a grey image: median 7.8 nats for clean captions, 0.3 for the BadNets
 targets; docs/defenses.md). Batches need two
-samples at least. `grounding_scale` says what m is: "nats" (the default) takes
+samples at least. `grounding_floor` f (nats, below m; default 0) makes the clip a ramp from
+f to m, w = clip((gap - f) / (m - f), 0, 1): a gap at or below f gives weight 0, so a response
+whose gap is noise around 0 keeps none of its weight, where with f = 0 the clip keeps the
+positive half of that noise. `grounding_scale` says what m (and f) is: "nats" (the default) takes
 m = `grounding`; "batch" takes m = `grounding` * max(median of the batch's gaps, 1 nat), the
 gaps of the chosen unit (the bracketed differences above). A response unrelated to its image
 has a gap of 0 on average, but its likelihood still varies from image to image. On the
@@ -285,7 +288,8 @@ def per_sample_max(values: torch.Tensor, rows: torch.Tensor, batch_size: int) ->
 
 @torch.no_grad()
 def grounding_weights(
-    model: VisionLanguageModel, view: View, output: LMOutput, margin: float, unit: str = "sample", scale: str = "nats"
+    model: VisionLanguageModel, view: View, output: LMOutput, margin: float, unit: str = "sample", scale: str = "nats",
+    floor: float = 0.0,
 ) -> torch.Tensor:
     """w_{b,t} per response token of `output` (module docstring), l' with the image of sample
     b - 1; `scale` "batch" multiplies `margin` by the batch's median gap (floored at 1 nat)."""
@@ -301,20 +305,20 @@ def grounding_weights(
     else:
         unit_gap = response_loss_sums(swapped, size) - response_loss_sums(output, size)
         gap = unit_gap[output.label_rows]
-    return clipped_weights(gap, unit_gap, margin, scale)
+    return clipped_weights(gap, unit_gap, margin, scale, floor)
 
 
-def clipped_weights(gap: torch.Tensor, unit_gap: torch.Tensor, margin: float, scale: str) -> torch.Tensor:
-    """clip(gap / m, 0, 1); m = `margin`, times max(median of `unit_gap`, 1 nat) for `scale` "batch"."""
-    if scale == "batch":
-        margin = margin * max(float(unit_gap.median()), MIN_BATCH_MARGIN)
-    return (gap / margin).clamp(0, 1)
+def clipped_weights(gap: torch.Tensor, unit_gap: torch.Tensor, margin: float, scale: str, floor: float = 0.0) -> torch.Tensor:
+    """clip((gap - f) / (m - f), 0, 1), m = `margin` and f = `floor`, both times max(median of
+    `unit_gap`, 1 nat) for `scale` "batch"."""
+    factor = max(float(unit_gap.median()), MIN_BATCH_MARGIN) if scale == "batch" else 1.0
+    return ((gap - floor * factor) / ((margin - floor) * factor)).clamp(0, 1)
 
 
 @register_defense
 class IDR(Defense):
     name = "idr"
-    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale", "grounding_reference")
+    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale", "grounding_reference", "grounding_floor")
     defaults = {
         "alpha": 2.0,
         "lm_view": "perturbed",
@@ -334,6 +338,7 @@ class IDR(Defense):
         "grounding_unit": "sample",
         "grounding_scale": "nats",
         "grounding_reference": "current",
+        "grounding_floor": 0.0,
         "visual_pool": "tokens",
         "consistency": "absolute",
         "seed": None,
@@ -356,6 +361,10 @@ class IDR(Defense):
         self.grounding_scale: str = check_choice(self.label, "grounding_scale", p["grounding_scale"], GROUNDING_SCALES)
         self.grounding_reference: str = check_choice(self.label, "grounding_reference", p["grounding_reference"],
                                                      GROUNDING_REFERENCES)
+        self.grounding_floor = check_number(self.label, "grounding_floor", p["grounding_floor"], 0.0, math.inf)
+        if self.grounding and self.grounding_floor >= self.grounding:
+            raise ValueError(f"{self.label}: grounding_floor {self.grounding_floor} must be below the margin grounding "
+                             f"{self.grounding} (weight 0 at the floor, 1 at the margin)")
         if self.grounding_reference == "start" and self.grounding_unit == "token":
             raise ValueError(f"{self.label}: grounding_unit 'token' needs grounding_reference 'current' (a view's "
                              "instruction, and so its tokens, may differ from the sample's)")
@@ -459,9 +468,11 @@ class IDR(Defense):
             if not self._reference:
                 raise RuntimeError("IDR grounding_reference 'start': curate must run before the first step")
             unit_gap = output.token_loss.new_tensor([self._reference[i] for i in ids])
-            weights = clipped_weights(unit_gap[output.label_rows], unit_gap, self.grounding, self.grounding_scale)
+            weights = clipped_weights(unit_gap[output.label_rows], unit_gap, self.grounding, self.grounding_scale,
+                                      self.grounding_floor)
         else:
-            weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit, self.grounding_scale)
+            weights = grounding_weights(model, view, output, self.grounding, self.grounding_unit, self.grounding_scale,
+                                        self.grounding_floor)
             self.extra_forward_passes += 1
         return -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
 
