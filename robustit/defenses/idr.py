@@ -95,7 +95,9 @@ by ~3.6 nats, so with m = 1 nat it keeps close to half its weight (E[clip(gap / 
 a zero-mean normal), while with m at the batch's median its spread is ~0.4 m and E[w] ~0.17.
 The batch scale also follows the model and the response length instead of a fixed number of
 nats; the floor of 1 nat keeps a batch whose images explain little from scaling noise up to
-weight 1.
+weight 1. Measured on BadNets (docs/defenses.md, "RobustIT repaired"), the batch scale did not
+cut the leak of the target's key word into clean captions but raised it: about half of a
+batch's clean captions lie below its median and lose weight too.
 
 `grounding_reference` says which weights give the gaps. "current" (the default) takes those
 being tuned, in the loop as above. Under them a response the model has begun to write for
