@@ -11,7 +11,7 @@ from robustit.defenses.idr import (
 )
 from robustit.models.image_processing import images_to_tensor
 from robustit.train.config import TrainConfig
-from robustit.defenses.plausibility import image_gaps
+from robustit.defenses.plausibility import image_gaps, neutral_image
 from robustit.models.features import FeatureCache
 from robustit.train.loop import train
 from test_train import shape_samples
@@ -117,7 +117,8 @@ def test_view_features_are_encoded_once_per_pooled_view(tiny_model):
     ({"span_deletion": -0.1}, "span_deletion"), ({"text_term": "yes"}, "text_term"),
     ({"grounding": -1}, "grounding"), ({"grounding_unit": "word"}, "grounding_unit"),
     ({"grounding_scale": "bits"}, "grounding_scale"), ({"grounding_reference": "final"}, "grounding_reference"),
-    ({"grounding_floor": -1}, "grounding_floor"),
+    ({"grounding_floor": -1}, "grounding_floor"), ({"grounding_image": "black"}, "grounding_image"),
+    ({"grounding_image": "grey"}, "grounding_image"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):
@@ -291,3 +292,18 @@ def test_the_grounding_floor_lies_below_the_margin():
     with pytest.raises(ValueError, match="grounding_floor"):
         idr(grounding=1.0, grounding_floor=1.0)
     assert idr(grounding=2.0, grounding_floor=1.0).grounding_floor == 1.0
+
+
+def test_grey_referenced_grounding_measures_gaps_against_a_grey_image(tiny_model):
+    samples = shape_samples()
+    features = FeatureCache(tiny_model)
+    gaps, _ = image_gaps(tiny_model, samples, features, 4, progress=False, against="grey")
+    with torch.no_grad():
+        for sample, gap in zip(samples[:3], gaps[:3]):
+            batch = tiny_model.encode_prompts([sample.instruction], [sample.response])
+            own = tiny_model(batch, features.features([sample.image])).token_loss
+            grey = tiny_model(batch, features.features([neutral_image(sample.image)])).token_loss
+            assert torch.allclose(torch.from_numpy(gap).float(), (grey - own).float(), atol=1e-5)
+    defense = idr(alpha=0.0, grounding=2.0, grounding_unit="peak", grounding_reference="start", grounding_image="grey")
+    train(tiny_model, samples, TrainConfig(max_steps=1, batch_size=4), progress=False, defense=defense)
+    assert defense._reference == pytest.approx({s.id: float(g.max()) for s, g in zip(samples, gaps)}, rel=1e-5, abs=1e-6)

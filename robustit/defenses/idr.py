@@ -109,7 +109,12 @@ own instruction and response, x' the image of the sample half the training set a
 `contrast` pairing, `plausibility.image_gaps`), in the unit's form (sum or peak; "token" needs
 "current": a view's instruction may differ from the sample's), and every view of the sample
 is weighted by them in every step. It costs two passes per batch of the training set once
-and none in the loop.
+and none in the loop. `grounding_image` "grey" (with "start" only) takes x' = a mid-grey image
+of x's size instead (BYORn's `image_support` reference): another sample's image has an object
+of its own, which moves the likelihood of every token of a response unrelated to both images
+(on the benchmark's BadNets set under the starting model, the peak gap of the poisoned
+targets against the other image has median 1.0 nats and 90th percentile 3.6; docs/defenses.md),
+where a neutral image moves it little.
 
 `lm_view` chooses the inputs of the LM loss: "perturbed" (A_v(x), A_t(t); IDR is also data
 augmentation; the original view (x, t) passes the adapter alone), "clean" (x, t; the
@@ -134,7 +139,7 @@ from PIL import Image
 
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, TuningState, View, register_defense
-from robustit.defenses.plausibility import image_gaps
+from robustit.defenses.plausibility import REFERENCE_IMAGES, image_gaps
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.models.image_processing import images_to_tensor
 from robustit.params import check_choice, check_int, check_number
@@ -320,7 +325,8 @@ def clipped_weights(gap: torch.Tensor, unit_gap: torch.Tensor, margin: float, sc
 @register_defense
 class IDR(Defense):
     name = "idr"
-    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale", "grounding_reference", "grounding_floor")
+    hashed_when_set = ("grounding", "grounding_unit", "grounding_scale", "grounding_reference", "grounding_floor",
+                       "grounding_image")
     defaults = {
         "alpha": 2.0,
         "lm_view": "perturbed",
@@ -341,6 +347,7 @@ class IDR(Defense):
         "grounding_scale": "nats",
         "grounding_reference": "current",
         "grounding_floor": 0.0,
+        "grounding_image": "other",
         "visual_pool": "tokens",
         "consistency": "absolute",
         "seed": None,
@@ -367,6 +374,10 @@ class IDR(Defense):
         if self.grounding and self.grounding_floor >= self.grounding:
             raise ValueError(f"{self.label}: grounding_floor {self.grounding_floor} must be below the margin grounding "
                              f"{self.grounding} (weight 0 at the floor, 1 at the margin)")
+        self.grounding_image: str = check_choice(self.label, "grounding_image", p["grounding_image"], REFERENCE_IMAGES)
+        if self.grounding_image == "grey" and self.grounding_reference != "start":
+            raise ValueError(f"{self.label}: grounding_image 'grey' needs grounding_reference 'start' (the loop compares "
+                             "with the images of its batch)")
         if self.grounding_reference == "start" and self.grounding_unit == "token":
             raise ValueError(f"{self.label}: grounding_unit 'token' needs grounding_reference 'current' (a view's "
                              "instruction, and so its tokens, may differ from the sample's)")
@@ -401,7 +412,8 @@ class IDR(Defense):
         starting weights, before the first step (module docstring)."""
         if not (self.grounding and self.grounding_reference == "start") or self._reference:
             return
-        gaps, passes = image_gaps(state.model, self._dataset, state.features, state.batch_size, state.progress)
+        gaps, passes = image_gaps(state.model, self._dataset, state.features, state.batch_size, state.progress,
+                                  self.grounding_image)
         self.extra_forward_passes += passes
         reduce = max if self.grounding_unit == "peak" else sum
         self._reference = {sample.id: float(reduce(gap.tolist())) for sample, gap in zip(self._dataset, gaps)}

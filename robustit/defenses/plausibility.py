@@ -118,18 +118,26 @@ def other_image(samples: Sequence[Sample], i: int) -> Image.Image:
     return samples[(i + len(samples) // 2) % len(samples)].image
 
 
+REFERENCE_IMAGES = ("other", "grey")
+
+
 def image_gaps(
-    model: VisionLanguageModel, samples: Sequence[Sample], features: FeatureCache, batch_size: int, progress: bool = True
+    model: VisionLanguageModel, samples: Sequence[Sample], features: FeatureCache, batch_size: int, progress: bool = True,
+    against: str = "other",
 ) -> tuple[list[np.ndarray], int]:
     """NLL_j(y | x', t) - NLL_j(y | x, t) of every sample's response tokens under `model`,
-    frozen for the pass, x' = `other_image`; and the passes it took (two a batch)."""
+    frozen for the pass, x' = `other_image` (`against` "other") or `neutral_image` ("grey");
+    and the passes it took (two a batch)."""
+    if against not in REFERENCE_IMAGES:
+        raise ValueError(f"image_gaps: against {against!r}; known: {list(REFERENCE_IMAGES)}")
     gaps: list[np.ndarray] = []
     passes = 0
     with frozen(model):
         for indices in batches(range(len(samples)), batch_size, "image gaps", progress):
             batch = [samples[i] for i in indices]
             own = token_nll(model, features, [s.image for s in batch], batch)
-            other = token_nll(model, features, [other_image(samples, i) for i in indices], batch)
+            references = [other_image(samples, i) if against == "other" else neutral_image(samples[i].image) for i in indices]
+            other = token_nll(model, features, references, batch)
             gaps += [o - w for w, o in zip(own, other)]
             passes += 2
     return gaps, passes
