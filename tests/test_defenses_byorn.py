@@ -8,7 +8,7 @@ from robustit.attacks import AttackConfig, PoisonedDataset, build_attack
 from robustit.config import load_config
 from robustit.defenses import BYORn, DefenseConfig, strip_poison_info
 from robustit.defenses.ema import ExponentialMovingAverage
-from robustit.defenses.plausibility import SCORES, content_words, disagreement, neutral_image
+from robustit.defenses.plausibility import SCORES, content_words, disagreement, image_gaps, neutral_image
 from robustit.experiment import Experiment
 from robustit.models.features import FeatureCache
 from robustit.store import ResultStore
@@ -104,6 +104,12 @@ def test_contrast_is_the_own_images_nll_minus_that_of_the_image_half_the_set_awa
     assert contrast == pytest.approx(
         detector_scores(tiny_model, samples, "nll", 2) - detector_scores(tiny_model, swapped, "nll", 2), abs=1e-5)
     assert max(abs(contrast)) > 1e-4
+
+
+def test_contrast_support_is_minus_the_largest_token_gap_against_the_image_half_the_set_away(tiny_model):
+    samples = shape_samples()[:5]
+    gaps, _ = image_gaps(tiny_model, samples, FeatureCache(tiny_model), 2, progress=False)
+    assert detector_scores(tiny_model, samples, "contrast_support", 2) == pytest.approx([-g.max() for g in gaps], abs=1e-5)
 
 
 def test_flagged_samples_train_on_their_replacements(tiny_model, monkeypatch):

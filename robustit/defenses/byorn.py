@@ -8,9 +8,9 @@ Detection runs once, before the first step (`curate` at step 0), with the starti
 frozen (eval mode, no gradients, the loop's frozen-feature cache, batches of the training
 batch size):
 
-- `score` (default "image_support"; "nll" is the paper's; "image_gain", "contrast" and
-  "agreement") gives each training sample a suspicion score s_i (formulas in
-  `robustit.defenses.plausibility`);
+- `score` (default "image_support"; "nll" is the paper's; "image_gain", "contrast",
+  "contrast_support" and "agreement") gives each training sample a suspicion score s_i
+  (formulas in `robustit.defenses.plausibility`);
 - `threshold` flags samples from the scores alone (formulas in
   `robustit.defenses.thresholds`): "mixture" (default) flags the higher-mean component of a
   two-Gaussian EM fit, and nothing where BIC prefers one Gaussian; "robust_z" flags s_i more

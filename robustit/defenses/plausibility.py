@@ -17,6 +17,11 @@ and g is a neutral image: x's size, every pixel mid-grey (128, 128, 128).
                                                                image has no such token
     contrast       s = -(NLL(y | x', t) - NLL(y | x, t))        how little y fits its own image better
                                                                than another sample's image x'
+    contrast_support
+                   s = -max_j (NLL_j(y | x', t) - NLL_j(y | x, t))
+                                                               image_support against x' instead of g
+                                                               (the start-referenced peak grounding
+                                                               of IDR, `idr.py`)
     agreement      s = 1 - |[w in W(y) : w in W(y*)]| / |W(y)|  y* the model's greedy response to (x, t)
 
 x' is the image of the sample half the training set away (sample (i + n // 2) mod n of n), a
@@ -47,7 +52,7 @@ from robustit.data.sample import Sample
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 
-SCORES = ("nll", "image_gain", "image_support", "contrast", "agreement")
+SCORES = ("nll", "image_gain", "image_support", "contrast", "contrast_support", "agreement")
 NEUTRAL_GREY = (128, 128, 128)
 STOP_WORDS = frozenset("""
 a an the and or but nor so of in on at to for from with without by as into onto over under
@@ -145,7 +150,7 @@ def image_gaps(
 
 def relative_scores(score: str, own: list[np.ndarray], other: list[np.ndarray]) -> list[float]:
     """The score of each sample from its token NLLs with its own and with another image."""
-    if score == "image_support":
+    if score in ("image_support", "contrast_support"):
         return [-float(np.max(o - w)) for w, o in zip(own, other)]
     return [float(w.mean() - o.mean()) for w, o in zip(own, other)]
 
@@ -186,7 +191,7 @@ def score_responses(
             if score == "nll":
                 scores += [float(w.mean()) for w in own]
                 continue
-            if score == "contrast":
+            if score in ("contrast", "contrast_support"):
                 others = [other_image(samples, i) for i in indices]
             else:
                 others = [neutral_image(s.image) for s in batch]
