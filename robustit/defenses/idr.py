@@ -113,7 +113,7 @@ and none in the loop. `grounding_image` "grey" (with "start" only) takes x' = a 
 of x's size instead (BYORn's `image_support` reference): another sample's image has an object
 of its own, which moves the likelihood of every token of a response unrelated to both images
 (on the benchmark's BadNets set under the starting model, the peak gap of the poisoned
-targets against the other image has median 1.0 nats and 90th percentile 3.6; docs/defenses.md),
+targets against the other image has median 1.1 nats and 90th percentile 3.6; docs/defenses.md),
 where a neutral image moves it little.
 
 `lm_view` chooses the inputs of the LM loss: "perturbed" (A_v(x), A_t(t); IDR is also data
