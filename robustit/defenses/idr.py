@@ -79,11 +79,12 @@ in-loop form of BYORn's `image_support` score: a caption's object name gains sev
 from its own image, while a response unrelated to its image has no such token; a sum over
 tokens adds up the noise of every token, the peak takes one maximum (under the starting
 model, against a grey image: median 7.8 nats for clean captions, 0.3 for the BadNets
-targets; docs/defenses.md). Batches need two
-samples at least. `grounding_floor` f (nats, below m; default 0) makes the clip a ramp from
-f to m, w = clip((gap - f) / (m - f), 0, 1): a gap at or below f gives weight 0, so a response
-whose gap is noise around 0 keeps none of its weight, where with f = 0 the clip keeps the
-positive half of that noise. `grounding_scale` says what m (and f) is: "nats" (the default) takes
+targets; docs/defenses.md). Batches need two samples at least.
+
+`grounding_floor` f (nats, below m; default 0) makes the clip a ramp from f to m,
+w = clip((gap - f) / (m - f), 0, 1): a gap at or below f gives weight 0, so a response whose
+gap is noise around 0 keeps none of its weight, where with f = 0 the clip keeps the positive
+half of that noise. `grounding_scale` says what m (and f) is: "nats" (the default) takes
 m = `grounding`; "batch" takes m = `grounding` * max(median of the batch's gaps, 1 nat), the
 gaps of the chosen unit (the bracketed differences above). A response unrelated to its image
 has a gap of 0 on average, but its likelihood still varies from image to image. On the
@@ -299,7 +300,8 @@ def grounding_weights(
     floor: float = 0.0,
 ) -> torch.Tensor:
     """w_{b,t} per response token of `output` (module docstring), l' with the image of sample
-    b - 1; `scale` "batch" multiplies `margin` by the batch's median gap (floored at 1 nat)."""
+    b - 1, ramped from `floor` to `margin`; `scale` "batch" multiplies both by the batch's
+    median gap (floored at 1 nat)."""
     size = len(view.images)
     if size < 2:
         raise ValueError("IDR grounding compares each sample with another sample's image: batches need 2 samples at least")
