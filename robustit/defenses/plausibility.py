@@ -126,6 +126,11 @@ def other_image(samples: Sequence[Sample], i: int) -> Image.Image:
 REFERENCE_IMAGES = ("other", "grey")
 
 
+def reference_images(samples: Sequence[Sample], indices: Sequence[int], against: str) -> list[Image.Image]:
+    """x' of the samples at `indices`: `other_image` (`against` "other") or `neutral_image` ("grey")."""
+    return [other_image(samples, i) if against == "other" else neutral_image(samples[i].image) for i in indices]
+
+
 def image_gaps(
     model: VisionLanguageModel, samples: Sequence[Sample], features: FeatureCache, batch_size: int, progress: bool = True,
     against: str = "other",
@@ -141,8 +146,7 @@ def image_gaps(
         for indices in batches(range(len(samples)), batch_size, "image gaps", progress):
             batch = [samples[i] for i in indices]
             own = token_nll(model, features, [s.image for s in batch], batch)
-            references = [other_image(samples, i) if against == "other" else neutral_image(samples[i].image) for i in indices]
-            other = token_nll(model, features, references, batch)
+            other = token_nll(model, features, reference_images(samples, indices, against), batch)
             gaps += [o - w for w, o in zip(own, other)]
             passes += 2
     return gaps, passes
@@ -191,10 +195,7 @@ def score_responses(
             if score == "nll":
                 scores += [float(w.mean()) for w in own]
                 continue
-            if score in ("contrast", "contrast_support"):
-                others = [other_image(samples, i) for i in indices]
-            else:
-                others = [neutral_image(s.image) for s in batch]
-            scores += relative_scores(score, own, token_nll(model, features, others, batch))
+            against = "other" if score in ("contrast", "contrast_support") else "grey"
+            scores += relative_scores(score, own, token_nll(model, features, reference_images(samples, indices, against), batch))
             passes += 1
     return ScoredResponses(np.array(scores, dtype=float), greedy if score == "agreement" else None, passes)
