@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -28,6 +28,19 @@ from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseConfig, register_defense
 from robustit.params import check_choice, check_number
 from robustit.models.base import VisionLanguageModel
+
+
+@contextmanager
+def hooked_adapter(model: VisionLanguageModel, hook: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[None]:
+    """`hook` on the adapter's activation site for the block (nothing where None)."""
+    if hook is None:
+        yield
+        return
+    remove = model.add_adapter_hook(hook)
+    try:
+        yield
+    finally:
+        remove()
 
 
 def batch_importance(activations: torch.Tensor) -> torch.Tensor:
@@ -85,14 +98,8 @@ class AAR(Defense):
 
     @contextmanager
     def inference(self, model: VisionLanguageModel) -> Iterator[None]:
-        if not self.at_inference or self.mask is None:
+        with hooked_adapter(model, self.adapter_hook if self.at_inference and self.mask is not None else None):
             yield
-            return
-        remove = model.add_adapter_hook(self.adapter_hook)
-        try:
-            yield
-        finally:
-            remove()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.importance is None or self.mask is None:

@@ -127,7 +127,6 @@ Extra passes per step: one of the adapter alone, or one of the whole model for "
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
@@ -141,10 +140,9 @@ from PIL import Image
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, TuningState, View, register_defense
 from robustit.defenses.plausibility import REFERENCE_IMAGES, image_gaps
+from robustit.defenses.views import pooled_view, rng_state, set_rng_state
 from robustit.models.base import LMOutput, VisionLanguageModel
-from robustit.models.image_processing import images_to_tensor
 from robustit.params import check_choice, check_int, check_number
-from robustit.models.features import image_key
 
 LM_VIEWS = ("perturbed", "clean", "both")
 GROUNDING_UNITS = ("sample", "token", "peak")
@@ -248,15 +246,6 @@ def augment_text(
             word = lead + (new[0].upper() + new[1:] if core[0].isupper() else new) + tail
         out.append(word)
     return " ".join(out)
-
-
-def to_image(pixels: torch.Tensor) -> Image.Image:
-    """3 x H x W [0, 1] pixels as an RGB image (rounded to uint8)."""
-    return Image.fromarray((pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
-
-
-def view_seed(seed: int, key: str, k: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{k}".encode()).digest()[:8], "little")
 
 
 def pooled_embeddings(model: VisionLanguageModel, texts: Sequence[str]) -> torch.Tensor:
@@ -431,12 +420,8 @@ class IDR(Defense):
         """One of the image's `views_per_image` pooled views, at the model's input size."""
         if self.image_size is None:
             raise RuntimeError("IDR.prepare(model, dataset) must run before views are drawn")
-        key = (image_key(image), self._rng.randrange(self.views_per_image))
-        if key not in self._pool:
-            pixels = images_to_tensor([image], self.image_size)[0]
-            generator = torch.Generator().manual_seed(view_seed(self.seed, *key))
-            self._pool[key] = to_image(augment_pixels(pixels, generator, **self.visual))
-        return self._pool[key]
+        return pooled_view(self._pool, self._rng, self.seed, self.views_per_image, image, self.image_size,
+                           lambda pixels, generator: augment_pixels(pixels, generator, **self.visual))
 
     def augment(self, batch: DefenseBatch) -> list[View]:
         views = dict(batch.views)
@@ -493,11 +478,9 @@ class IDR(Defense):
         return -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
 
     def training_state(self) -> dict[str, Any]:
-        version, internal, gauss = self._rng.getstate()
-        return {**super().training_state(), "rng": [version, list(internal), gauss], "reference": dict(self._reference)}
+        return {**super().training_state(), "rng": rng_state(self._rng), "reference": dict(self._reference)}
 
     def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
         super().load_training_state(state, model)
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self._rng, state["rng"])
         self._reference = dict(state.get("reference", {}))
