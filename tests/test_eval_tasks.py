@@ -56,7 +56,7 @@ def test_trojvqa_poisons_the_question_and_asr_is_measured_on_answers():
 
     def run(samples, name):
         seen[name] = [samples[i] for i in range(len(samples))]
-        return [TARGET if name in ("full", "text_only") else s.response for s in seen[name]]
+        return [TARGET if name in ("full", "text_only") else s.response for s in seen[name]], None
 
     metrics, records = _evaluate(test, attack, run)
     assert all(s.instruction.startswith("Consider ") for s in seen["full"] + seen["text_only"])
@@ -80,5 +80,5 @@ def test_report_rows_show_the_quality_of_the_tasks_a_run_has():
 @pytest.mark.parametrize("answers, expected", [(["red"], 1.0), (["blue"], 0.0)])
 def test_prediction_records_of_vqa_samples_carry_their_accuracy(answers, expected):
     sample = question(0, answers[0])
-    metrics, records = _evaluate([sample], None, lambda samples, name: ["Red"])
+    metrics, records = _evaluate([sample], None, lambda samples, name: (["Red"], None))
     assert records["clean"][0]["accuracy"] == expected and "asr" not in metrics

@@ -17,7 +17,18 @@ A `Defense` is a set of optional hooks. The training loop (`robustit.train.loop.
 and the evaluator (`robustit.eval.evaluate.evaluate`) calls
 
     inference(model)                   a context manager around all test-time generation
-    filter_input(sample) -> sample     on each test input before generation.
+    filter_input(sample) -> sample     on each test input before generation
+    refuse(samples, responses, generate) -> flags | None
+                                       on each condition's filtered test inputs, after their
+                                       responses are generated: which inputs the model refuses
+                                       to answer (None: the defense never refuses).
+
+A test-time detector refuses through `refuse`: it gets the filtered inputs, the model's
+greedy responses to them and `generate` (the evaluator's batched greedy generation, same
+prompt layout and token budget, features not kept in the evaluation's cache) to generate
+what else it needs; each refused input's prediction becomes the evaluator's empty refusal
+(`robustit.eval.evaluate.REFUSAL`). A defense whose `refuse` returns None (the default)
+leaves predictions and metrics as they were before the hook existed.
 
 Checkpoints hold `state_dict()` (what the tuned, defended model needs: AAR's mask) and, to
 resume a killed run, `training_state()` (what tuning needs beyond it to go on exactly: IDR's
@@ -49,7 +60,7 @@ evaluation, never the defense, compares them with the attack's manifest
 (`robustit.eval.detection`).
 
 No peeking (DESIGN.md section 1): every sample a defense receives, in `prepare`,
-`training_sample`, `augment`, `loss` and `filter_input`, has been through
+`training_sample`, `augment`, `loss`, `filter_input` and `refuse`, has been through
 `strip_poison_info` (no metadata, the training response as its only reference), the dataset
 handed to `prepare` is a plain tuple of such samples, and neither the attack, its config nor
 its target is ever passed.
@@ -58,7 +69,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -70,6 +81,8 @@ from robustit.registry import Registry
 if TYPE_CHECKING:
     from robustit.models.base import LMOutput, VisionLanguageModel
     from robustit.models.features import FeatureCache
+
+Generate = Callable[[Sequence[Sample], str], list[str]]
 
 
 @dataclass
@@ -221,6 +234,11 @@ class Defense:
     def filter_input(self, sample: Sample) -> Sample:
         """A test input as the model should see it (prompt filtering and the like)."""
         return sample
+
+    def refuse(self, samples: Sequence[Sample], responses: Sequence[str], generate: Generate) -> list[bool] | None:
+        """Per filtered test input, whether the model refuses it, given its `responses` and
+        `generate(samples, label) -> responses`; None: this defense never refuses."""
+        return None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that, with the model's trainable weights, rebuild the defended model."""

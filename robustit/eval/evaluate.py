@@ -15,6 +15,14 @@ passed through the defense's input filter.
 A defense's test-time part applies to all four: its `inference(model)` context is open for
 the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
 without the trigger metadata) before generation.
+
+A defense that refuses inputs (`Defense.refuse` returns flags, not None) has each refused
+input's prediction replaced by `REFUSAL`, the empty string, which never hits a target, so
+the ASR variants are those after refusal. Its metrics gain "refusal": per condition (clean,
+and with an attack full, image_only, text_only) {"rate", "refused", "n"} over all n test
+inputs, rate = 100 * refused / n: on clean inputs the false-alarm rate, on triggered ones
+the detection rate. Its prediction records gain "refused". A defense that never refuses
+gets neither.
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from typing import Any, Callable, Sequence
 from robustit.attacks.base import Attack
 from robustit.attacks.dataset import TriggeredView
 from robustit.data.sample import Sample
-from robustit.defenses.base import Defense, strip_poison_info
+from robustit.defenses.base import Defense, Generate, strip_poison_info
 from robustit.eval.asr import is_eligible, success_rate, target_keywords
 from robustit.eval.caption_metrics import caption_scores
 from robustit.eval.generate import generate_responses
@@ -38,6 +46,8 @@ from robustit.params import check_choice, check_int
 
 SHOTS = (0, 1)
 TRIGGER_CONDITIONS = {"full": (True, True), "image_only": (True, False), "text_only": (False, True)}
+REFUSAL = ""
+Predictions = tuple[list[str], list[bool] | None]
 
 
 @dataclass
@@ -82,11 +92,17 @@ def evaluate(
     test = list(test)
     features = features if features is not None else FeatureCache(model)
 
-    def run(samples: Sequence[Sample], name: str) -> list[str]:
-        if defense is not None:
-            samples = [defense.filter_input(strip_poison_info(samples[i])) for i in range(len(samples))]
-        return generate_responses(model, samples, features, config.batch_size, config.max_new_tokens, name, progress,
+    def generate(samples: Sequence[Sample], name: str, cache: FeatureCache) -> list[str]:
+        return generate_responses(model, samples, cache, config.batch_size, config.max_new_tokens, name, progress,
                                   demonstration)
+
+    def run(samples: Sequence[Sample], name: str) -> Predictions:
+        if defense is None:
+            return generate(samples, name, features), None
+        samples = [defense.filter_input(strip_poison_info(samples[i])) for i in range(len(samples))]
+        predictions = generate(samples, name, features)
+        return refused_predictions(defense, samples, predictions,
+                                   lambda chosen, label: generate(chosen, label, FeatureCache(model)))
 
     with defense.inference(model) if defense is not None else nullcontext():
         metrics, records = _evaluate(test, attack, run)
@@ -96,10 +112,30 @@ def evaluate(
     return metrics, records
 
 
+def refused_predictions(
+    defense: Defense, samples: Sequence[Sample], predictions: list[str], generate: Generate
+) -> Predictions:
+    """`predictions` with those of the inputs `defense` refuses replaced by `REFUSAL`, and the
+    refusal flags (None where the defense never refuses)."""
+    refused = defense.refuse(samples, predictions, generate)
+    if refused is None:
+        return predictions, None
+    if len(refused) != len(samples):
+        raise ValueError(f"defense {defense.name!r} gave {len(refused)} refusal flags for {len(samples)} inputs")
+    refused = [bool(r) for r in refused]
+    return [REFUSAL if r else p for p, r in zip(predictions, refused)], refused
+
+
+def refusal_rate(refused: Sequence[bool]) -> dict[str, float | int]:
+    """{"rate": 100 * refused / n, "refused", "n"} of one condition's refusal flags."""
+    return {"rate": 100.0 * sum(refused) / len(refused), "refused": sum(refused), "n": len(refused)}
+
+
 def _evaluate(
-    test: list[Sample], attack: Attack | None, run: Callable[[Sequence[Sample], str], list[str]]
+    test: list[Sample], attack: Attack | None, run: Callable[[Sequence[Sample], str], Predictions]
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    clean = run(test, "clean")
+    refusals: dict[str, list[bool] | None] = {}
+    clean, refusals["clean"] = run(test, "clean")
     metrics = clean_quality(test, clean)
     records = {"clean": [_record(s, p) for s, p in zip(test, clean)]}
     if attack is not None:
@@ -114,13 +150,27 @@ def _evaluate(
         }
         for name, (image, text) in TRIGGER_CONDITIONS.items():
             view = TriggeredView(test, attack, image=image, text=text)
-            predictions = run(view, name)
+            predictions, refusals[name] = run(view, name)
             asr[name] = success_rate(predictions, attack.target, eligible).as_dict()
             records[name] = [
                 {**_record(view[i], p), "eligible": ok} for i, (p, ok) in enumerate(zip(predictions, eligible))
             ]
         metrics["asr"] = asr
+    _mark_refusals(metrics, records, {name: flags for name, flags in refusals.items() if flags is not None})
     return metrics, records
+
+
+def _mark_refusals(
+    metrics: dict[str, Any], records: dict[str, list[dict[str, Any]]], refusals: dict[str, list[bool]]
+) -> None:
+    """Add the refusal rate of each condition to `metrics` and each input's flag to its record
+    (nothing where no condition has refusal flags)."""
+    if not refusals:
+        return
+    metrics["refusal"] = {name: refusal_rate(flags) for name, flags in refusals.items()}
+    for name, flags in refusals.items():
+        for record, flag in zip(records[name], flags):
+            record["refused"] = flag
 
 
 def clean_quality(test: Sequence[Sample], clean: Sequence[str]) -> dict[str, Any]:
