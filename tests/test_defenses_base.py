@@ -39,7 +39,7 @@ def fast_captions(monkeypatch):
 
 def test_registry_and_config_errors():
     assert {"idr", "aar", "robustit"} <= set(DEFENSES.names())
-    with pytest.raises(KeyError, match="unknown defense 'nope'; known: aar, byorn, idr, robustit"):
+    with pytest.raises(KeyError, match=f"unknown defense 'nope'; known: {', '.join(sorted(DEFENSES.names()))}"):
         build_defense(DefenseConfig("nope"))
     with pytest.raises(ValueError, match="non-empty"):
         DefenseConfig("")
@@ -109,6 +109,9 @@ class Second(Defense):
         self.extra_forward_passes += 2
         return {"shared": torch.tensor(self.params["b"])}
 
+    def refuse(self, samples, responses, generate):
+        return [response == "refuse me" for response in responses]
+
 
 class Pair(Composite):
     name = "pair"
@@ -123,6 +126,8 @@ def test_composite_folds_views_chains_hooks_and_sums_terms():
     terms = pair.loss(None, DefenseBatch([], {}), {})
     assert {k: v.item() for k, v in terms.items()} == {"shared": 7.0, "first": 4.0}
     assert pair.extra_forward_passes == 3
+    assert pair.refuse([], ["fine", "refuse me"], None) == [False, True]
+    assert First(DefenseConfig("first")).refuse([], ["refuse me"], None) is None
     with pytest.raises(TypeError, match="disagree"):
         type("Clash", (Composite,), {"name": "clash", "members": (First, type("Other", (First,), {"defaults": {"a": 2.0}}))})
 
@@ -247,3 +252,30 @@ def test_pipeline_records_the_defense(karpathy, tmp_path, fast_captions):
     report = (run_dir / "report.md").read_text()
     assert "Defense: robustit (alpha=3.0, at_inference=True, beta=0.9," in report and "| 1.00 |" in report
     assert defense_line(None) == "Defense: none (VanillaIT)."
+
+
+def test_a_stack_runs_the_members_its_config_names_with_their_full_settings():
+    stack = build_defense(DefenseConfig("stack", {"members": [{"name": "idr", "params": {"alpha": 0.5}}, {"name": "aar"}]}))
+    idr, aar = stack.defenses
+    assert (idr.name, idr.alpha, aar.name) == ("idr", 0.5, "aar")
+    assert stack.params["members"] == [{"name": "idr", "params": idr.params}, {"name": "aar", "params": aar.params}]
+    assert aar.params["gamma"] == 0.5
+
+
+@pytest.mark.parametrize("members, field", [
+    ([], "members"), ("idr", "members"), ([{"params": {}}], r"members\[0\]"),
+    ([{"name": "idr", "extra": 1}], r"members\[0\]"), ([{"name": "aar"}, {"name": "aar"}], r"members\[1\]"),
+    ([{"name": "idr", "params": {"alpha": -1}}], "alpha"),
+])
+def test_a_bad_stack_names_the_member(members, field):
+    with pytest.raises(ValueError, match=field):
+        build_defense(DefenseConfig("stack", {"members": members}))
+
+
+@pytest.mark.parametrize("combination", ["robustit-repaired-prompt-filter", "robustit-repaired-pruning"])
+def test_combinations_run_robustit_repaired_with_its_packaged_settings(combination):
+    with resources.as_file(DEFENSE_CONFIGS / "robustit-repaired.yaml") as file:
+        repaired = build_defense(load_config(file).defense)
+    with resources.as_file(DEFENSE_CONFIGS / f"{combination}.yaml") as file:
+        stack = build_defense(load_config(file).defense)
+    assert stack.name == "stack" and stack.defenses[0].params == repaired.params

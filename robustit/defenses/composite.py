@@ -1,4 +1,5 @@
-"""Defenses made of several (DESIGN.md section 5): RobustIT = IDR + AAR.
+"""Defenses made of several (DESIGN.md section 5): RobustIT = IDR + AAR, and `stack`, whose
+members the config names (the combinations of the paper's table 10 as configs).
 
 A `Composite` runs its members in order. Its parameters are the union of theirs, each given
 to every member that declares it. Views fold (each member's `augment` sees the views of the
@@ -8,8 +9,9 @@ objective is
     L = sum_v lm_weight_v * L_it(v) + sum_members sum_k term_k,
 
 a training sample passes the members' `training_sample` in order (one member's None leaves
-it out), `flags` joins the members' flags, and the other hooks run member by member; the
-inference contexts nest.
+it out), `flags` joins the members' flags, a test input is refused where any member refuses it
+(None where none ever refuses), and the other hooks run member by member; the inference
+contexts nest.
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ import torch
 
 from robustit.data.sample import Sample
 from robustit.defenses.aar import AAR
-from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, Flag, TuningState, View, register_defense
+from robustit.defenses.base import (
+    Defense, DefenseBatch, DefenseConfig, Flag, Generate, TuningState, View, build_defense, register_defense,
+)
 from robustit.defenses.idr import IDR
 from robustit.models.base import LMOutput, VisionLanguageModel
+from robustit.params import FieldError
 
 
 class Composite(Defense):
@@ -30,6 +35,8 @@ class Composite(Defense):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not cls.members:
+            return
         defaults: dict[str, Any] = {}
         for member in cls.members:
             for key, value in member.defaults.items():
@@ -105,6 +112,10 @@ class Composite(Defense):
             sample = defense.filter_input(sample)
         return sample
 
+    def refuse(self, samples: Sequence[Sample], responses: Sequence[str], generate: Generate) -> list[bool] | None:
+        votes = [flags for d in self.defenses if (flags := d.refuse(samples, responses, generate)) is not None]
+        return [any(flags) for flags in zip(*votes)] if votes else None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{d.name}.{k}": v for d in self.defenses for k, v in d.state_dict().items()}
 
@@ -132,3 +143,31 @@ class RobustIT(Composite):
 
     name = "robustit"
     members = (IDR, AAR)
+
+
+@register_defense
+class Stack(Composite):
+    """The defenses `members` lists, each {"name": a registered defense, "params": its
+    settings}, run in order as a `Composite` (e.g. RobustIT repaired while tuning, then prompt
+    filtering at test time). Its params list each member with every parameter completed by
+    the member's defaults, so the config hash follows each member's full settings."""
+
+    name = "stack"
+    defaults = {"members": []}
+
+    def __init__(self, config: DefenseConfig) -> None:
+        Defense.__init__(self, config)
+        members = self.params["members"]
+        if not isinstance(members, list) or not members:
+            raise FieldError("members", f"must be a non-empty list of {{name, params}}, got {members!r}", self.label)
+        self.defenses = [self._member(i, member) for i, member in enumerate(members)]
+        self.params["members"] = [{"name": d.name, "params": d.params} for d in self.defenses]
+
+    def _member(self, index: int, member: Any) -> Defense:
+        if not isinstance(member, dict) or "name" not in member or set(member) - {"name", "params"}:
+            raise FieldError(f"members[{index}]", f"must be {{name, params}}, got {member!r}", self.label)
+        earlier = [m.get("name") for m in self.params["members"][:index] if isinstance(m, dict)]
+        if member["name"] in earlier:
+            raise FieldError(f"members[{index}]", f"names {member['name']!r} twice (state and terms are kept by "
+                             "member name)", self.label)
+        return build_defense(DefenseConfig(member["name"], member.get("params", {})))
