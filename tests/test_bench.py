@@ -9,6 +9,7 @@ from robustit.bench.activations import run_activations
 from robustit.bench.defenses import PRESETS, run_defense_benchmark
 from robustit.bench.grid import expand, load_grid, variant_config
 from robustit.bench.overhead import run_overhead_benchmark
+from robustit.bench.tables import run_columns
 from robustit.cli import demo_configs, main
 from robustit.config import packaged_config
 from robustit.eval.activations import channel_activations, figure, peak_statistics
@@ -156,3 +157,10 @@ def test_demo_prints_vanilla_and_byorn_side_by_side(karpathy, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| base (before tuning) |" in out and "| VanillaIT |" in out and "| BYORn |" in out
     assert "tuning time over VanillaIT's: BYORn" in out and "BYORn detection:" in out
+
+
+def test_run_columns_add_refusal_rates_where_a_run_refused():
+    refusing = {"asr": {"full": {"rate": 2.0}}, "refusal": {"full": {"rate": 97.5}, "clean": {"rate": 4.0}}}
+    columns = run_columns([refusing], with_tuning=False, with_detection=True)
+    assert (columns["refused trig."], columns["refused clean"], columns["ASR"]) == ("97.5", "4.0", "2.0")
+    assert "refused trig." not in run_columns([{"asr": {"full": {"rate": 2.0}}}], with_tuning=False, with_detection=True)

@@ -7,7 +7,9 @@ the target), n (eligible triggered test inputs), then the clean quality of each 
 were scored on (`TASK_COLUMNS`: caption metrics and the share of clean captions naming the
 image's object, VQA accuracy); "-" where a run has none.
 A data-side defense's detection (`detection_columns`): training samples flagged, precision
-and recall (percent) of the flags and AUROC of its score against the attack's manifest.
+and recall (percent) of the flags and AUROC of its score against the attack's manifest. A
+test-time detector's refusals (`REFUSAL_COLUMNS`): the percent of fully triggered and of clean
+test inputs it refused (detection and false-alarm rates; its ASR is the ASR after refusal).
 A grid table has one row per (attack, defense variant, poison rate); where the store holds
 several seeds of one, the row gives mean ± sample standard deviation over them.
 """
@@ -44,6 +46,10 @@ DETECTION_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("flag recall", ("detection", "recall"), 1),
     ("flag AUROC", ("detection", "auroc"), 3),
 )
+REFUSAL_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("refused trig.", ("refusal", "full", "rate"), 1),
+    ("refused clean", ("refusal", "clean", "rate"), 1),
+)
 COUNTS = ("n",)
 LABELS = ("attack", "defense", "rate", "seed")
 SEVERAL_SEEDS_NOTE = "Rows over several seeds: mean ± sample standard deviation over the seeds."
@@ -78,10 +84,11 @@ def cells(metrics_list: Sequence[dict[str, Any]], columns: Sequence[tuple[str, t
 def run_columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool, with_detection: bool = False) -> dict[str, str]:
     """The attack columns, the quality columns of the tasks any of the runs was scored on,
     tuning seconds (`with_tuning`) and, where a run has detection metrics, the detection
-    columns (`with_detection`), over the runs' metrics (mean ± std over several)."""
+    and refusal columns (`with_detection`), over the runs' metrics (mean ± std over several)."""
     tasks = tuple(column for task, columns in TASK_COLUMNS.items() if any(task in m for m in metrics_list) for column in columns)
     detection = DETECTION_COLUMNS if with_detection and any("detection" in m for m in metrics_list) else ()
-    return cells(metrics_list, ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ()) + detection)
+    refusal = REFUSAL_COLUMNS if with_detection and any("refusal" in m for m in metrics_list) else ()
+    return cells(metrics_list, ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ()) + detection + refusal)
 
 
 def attack_columns(metrics: dict[str, Any]) -> dict[str, str]:
