@@ -104,7 +104,7 @@ def stub_model_scores(monkeypatch, nll_of) -> list[list[str]]:
         assert all(s.response == "target" for s in samples)
         return [np.full(2, nll_of(words_of(s.instruction))) for s in samples]
 
-    monkeypatch.setattr(prompt_filter, "greedy_responses", lambda model, features, samples, n: (["target"], 3))
+    monkeypatch.setattr(prompt_filter, "greedy_responses", lambda model, features, samples, n: (["target"] * len(samples), 3))
     monkeypatch.setattr(prompt_filter, "token_nll", fake_token_nll)
     return scored
 
@@ -143,7 +143,7 @@ def test_influence_end_to_end_on_the_tiny_model(tiny_model):
     features = FeatureCache(tiny_model)
     with defense.inference(tiny_model):
         (response,) = tiny_model.generate(features.features([sample.image]), [sample.instruction], 4)
-        deltas = defense.span_deltas(sample, 4)
+        (deltas,) = defense.span_deltas([sample], [4])
         candidates = spans(4, 3)
         assert list(deltas) == candidates
         length = len(tiny_model.tokenizer(response, add_special_tokens=False).input_ids)
@@ -162,15 +162,15 @@ def test_influence_end_to_end_on_the_tiny_model(tiny_model):
         assert defense.filter_input(sample).instruction == expected != sample.instruction
 
 
-def test_filter_input_never_sees_poison_metadata(tiny_model, monkeypatch):
+def test_filter_inputs_never_see_poison_metadata(tiny_model, monkeypatch):
     seen = []
-    original = PromptFilter.filter_input
+    original = PromptFilter.filter_inputs
 
-    def recording(self, sample):
-        seen.append(sample)
-        return original(self, sample)
+    def recording(self, samples):
+        seen.extend(samples)
+        return original(self, samples)
 
-    monkeypatch.setattr(PromptFilter, "filter_input", recording)
+    monkeypatch.setattr(PromptFilter, "filter_inputs", recording)
     monkeypatch.setattr(evaluate_module, "clean_quality", lambda test, clean: {})
     attack = build_attack(AttackConfig("badnets", text_trigger="zbw"))
     defense = prompt_filter_of(method="blacklist", tokens=["zbw"])
@@ -205,3 +205,16 @@ def test_configs_build_the_prompt_filter(name, method):
     config = load_config(CONFIGS / f"{name}.yaml").defense
     defense = build_defense(config)
     assert isinstance(defense, PromptFilter) and defense.method == method
+
+
+def test_influence_batches_the_inputs_of_a_call_and_filters_each_as_alone(tiny_model, monkeypatch):
+    scored = stub_model_scores(monkeypatch, lambda words: 0.5 + (2.0 if "zbw" not in words else 0.0))
+    samples = [with_instruction("Describe the image zbw briefly."), with_instruction("Describe the image briefly."),
+               with_instruction("Hi")]
+    defense = prompt_filter_of(batch_size=32)
+    with defense.inference(tiny_model):
+        filtered = defense.filter_inputs(samples)
+    assert [s.instruction for s in filtered] == ["Describe the image briefly.", "Describe the image briefly.", "Hi"]
+    assert filtered[1] is samples[1] and filtered[2] is samples[2]
+    assert [len(batch) for batch in scored] == [(1 + len(spans(5, 3))) + (1 + len(spans(4, 3)))] == [23]
+    assert defense.stats.passes == 3 + math.ceil(23 / 32)

@@ -17,7 +17,8 @@ A `Defense` is a set of optional hooks. The training loop (`robustit.train.loop.
 and the evaluator (`robustit.eval.evaluate.evaluate`) calls
 
     inference(model)                   a context manager around all test-time generation
-    filter_input(sample) -> sample     on each test input before generation
+    filter_inputs(samples) -> samples  on each condition's test inputs before generation
+                                       (by default `filter_input(sample) -> sample` on each)
     refuse(samples, responses, generate) -> flags | None
                                        on each condition's filtered test inputs, after their
                                        responses are generated: which inputs the model refuses
@@ -60,7 +61,7 @@ evaluation, never the defense, compares them with the attack's manifest
 (`robustit.eval.detection`).
 
 No peeking (DESIGN.md section 1): every sample a defense receives, in `prepare`,
-`training_sample`, `augment`, `loss`, `filter_input` and `refuse`, has been through
+`training_sample`, `augment`, `loss`, `filter_inputs` and `refuse`, has been through
 `strip_poison_info` (no metadata, the training response as its only reference), the dataset
 handed to `prepare` is a plain tuple of such samples, and neither the attack, its config nor
 its target is ever passed.
@@ -234,6 +235,11 @@ class Defense:
     def filter_input(self, sample: Sample) -> Sample:
         """A test input as the model should see it (prompt filtering and the like)."""
         return sample
+
+    def filter_inputs(self, samples: Sequence[Sample]) -> list[Sample]:
+        """`filter_input` of each test input; a defense whose filter runs the model overrides
+        this to batch its passes."""
+        return [self.filter_input(sample) for sample in samples]
 
     def refuse(self, samples: Sequence[Sample], responses: Sequence[str], generate: Generate) -> list[bool] | None:
         """Per filtered test input, whether the model refuses it, given its `responses` and

@@ -108,9 +108,13 @@ class Composite(Defense):
             yield
 
     def filter_input(self, sample: Sample) -> Sample:
+        return self.filter_inputs([sample])[0]
+
+    def filter_inputs(self, samples: Sequence[Sample]) -> list[Sample]:
+        filtered = list(samples)
         for defense in self.defenses:
-            sample = defense.filter_input(sample)
-        return sample
+            filtered = defense.filter_inputs(filtered)
+        return filtered
 
     def refuse(self, samples: Sequence[Sample], responses: Sequence[str], generate: Generate) -> list[bool] | None:
         votes = [flags for d in self.defenses if (flags := d.refuse(samples, responses, generate)) is not None]

@@ -33,11 +33,12 @@ picks the rule:
   sentence."); single words at most 0.23 and 0.54. Both models were tuned with IDR's
   instruction augmentations, so a VanillaIT model may be more sensitive to its instruction,
   and VQA instructions were not measured.
-  Cost per test input, in passes of a batch through the whole model: the greedy generation,
-  1 + min(L, max_new_tokens) (L the tokens of r), and ceil((1 + m) / `batch_size`) scoring
-  forwards for t and its m = sum_{k=1..K} (n - k + 1) span removals, K = min(`max_span`, n),
-  the whole-instruction span left out; one forward for instructions up to 11 words at the
-  defaults (K = 3, batch 32).
+  Cost, in passes of a batch through the whole model, over the inputs of one call of
+  `filter_inputs` (a condition's test inputs): the greedy generations in batches of
+  `batch_size`, 1 + min(L, max_new_tokens) passes each (L the longest r of the batch), and
+  ceil(sum_i (1 + m_i) / `batch_size`) scoring forwards for every t_i and its m_i =
+  sum_{k=1..K} (n_i - k + 1) span removals, K = min(`max_span`, n_i), the whole-instruction
+  span left out (about 25 variants for a 10-word instruction at the defaults: K = 3, batch 32).
 - "rarity": words whose key occurs in fewer than a `min_frequency` share of the training
   instructions (from `prepare`, each instruction counted once per key) are dropped; no
   model pass. A naive baseline, expected to be weak: a trigger inserted into 10% of the
@@ -187,8 +188,18 @@ class PromptFilter(Defense):
             log.info("%s (%s): %s", self.label, self.method, self.stats.as_dict())
 
     def filter_input(self, sample: Sample) -> Sample:
-        words = words_of(sample.instruction)
-        removed = self.suspicious_words(sample, words)
+        return self.filter_inputs([sample])[0]
+
+    def filter_inputs(self, samples: Sequence[Sample]) -> list[Sample]:
+        words = [words_of(sample.instruction) for sample in samples]
+        if self.method == "influence":
+            deltas = self.span_deltas(samples, [len(w) for w in words])
+            removed = [influential_words(d, self.margin) for d in deltas]
+        else:
+            removed = [self.listed_words(w) for w in words]
+        return [self._filtered(sample, w, r) for sample, w, r in zip(samples, words, removed)]
+
+    def _filtered(self, sample: Sample, words: list[str], removed: set[int]) -> Sample:
         self.stats.inputs += 1
         if not removed or len(removed) == len(words):
             return sample
@@ -196,31 +207,45 @@ class PromptFilter(Defense):
         self.stats.removed.update(word_key(words[i]) for i in sorted(removed))
         return sample.replace(instruction=without(sample.instruction, removed))
 
-    def suspicious_words(self, sample: Sample, words: list[str]) -> set[int]:
-        """The positions of the words of `sample`'s instruction that the method drops."""
+    def listed_words(self, words: list[str]) -> set[int]:
+        """The positions of the words "blacklist" or "rarity" drops."""
         keys = [word_key(w) for w in words]
         if self.method == "blacklist":
             return phrase_positions(keys, self.phrases)
-        if self.method == "rarity":
-            return {i for i, key in enumerate(keys) if self.frequencies.get(key, 0.0) < self.min_frequency}
-        return influential_words(self.span_deltas(sample, len(words)), self.margin)
+        return {i for i, key in enumerate(keys) if self.frequencies.get(key, 0.0) < self.min_frequency}
 
-    def span_deltas(self, sample: Sample, n: int) -> dict[Span, float]:
-        """delta_s of every span of `sample`'s instruction (n words) under the test-time model."""
+    def span_deltas(self, samples: Sequence[Sample], lengths: Sequence[int]) -> list[dict[Span, float]]:
+        """delta_s of every span of each sample's instruction (of `lengths` words) under the
+        test-time model: the greedy responses in batches of `batch_size`, then every variant
+        of every instruction scored in batches of `batch_size`."""
         if self.model is None or self.features is None:
             raise RuntimeError(f"{self.label}: method 'influence' filters inputs only inside inference(model)")
-        candidates = spans(n, self.max_span)
-        if not candidates:
-            return {}
+        candidates = [spans(n, self.max_span) for n in lengths]
+        scored = [i for i, c in enumerate(candidates) if c]
+        deltas: list[dict[Span, float]] = [{} for _ in samples]
+        if not scored:
+            return deltas
         with frozen(self.model):
-            (response,), passes = greedy_responses(self.model, self.features, [sample], self.max_new_tokens)
-            variants = [sample.instruction] + [without(sample.instruction, set(range(i, j))) for i, j in candidates]
-            nll = np.array(self.response_nll(sample, response, variants))
-        self.stats.passes += passes + math.ceil(len(variants) / self.batch_size)
-        return dict(zip(candidates, (nll[1:] - nll[0]).tolist()))
+            responses: list[str] = []
+            for chunk in batches([samples[i] for i in scored], self.batch_size, "prompt filter", False):
+                texts, passes = greedy_responses(self.model, self.features, chunk, self.max_new_tokens)
+                responses += texts
+                self.stats.passes += passes
+            variants = [samples[i].replace(instruction=t, response=response)
+                        for i, response in zip(scored, responses)
+                        for t in [samples[i].instruction] + [without(samples[i].instruction, set(range(a, b)))
+                                                             for a, b in candidates[i]]]
+            nll = self.response_nll(variants)
+        start = 0
+        for i in scored:
+            own = nll[start: start + 1 + len(candidates[i])]
+            deltas[i] = dict(zip(candidates[i], (own[1:] - own[0]).tolist()))
+            start += len(own)
+        return deltas
 
-    def response_nll(self, sample: Sample, response: str, instructions: list[str]) -> list[float]:
-        """NLL(response | sample's image, t) for each instruction t, in batches."""
-        scored = [sample.replace(instruction=t, response=response) for t in instructions]
-        return [float(tokens.mean()) for batch in batches(scored, self.batch_size, "prompt filter", False)
-                for tokens in token_nll(self.model, self.features, [s.image for s in batch], batch)]
+    def response_nll(self, variants: list[Sample]) -> np.ndarray:
+        """NLL(response | image, instruction) of each variant (its mean token NLL), in batches."""
+        nll = [float(tokens.mean()) for batch in batches(variants, self.batch_size, "prompt filter", False)
+               for tokens in token_nll(self.model, self.features, [s.image for s in batch], batch)]
+        self.stats.passes += math.ceil(len(variants) / self.batch_size)
+        return np.array(nll)

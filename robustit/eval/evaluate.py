@@ -13,7 +13,7 @@ demonstration: one clean training sample with its own image (`choose_demonstrati
 passed through the defense's input filter.
 
 A defense's test-time part applies to all four: its `inference(model)` context is open for
-the whole evaluation and each input passes through its `filter_input` (as a stripped sample,
+the whole evaluation and each input passes through its `filter_inputs` (as a stripped sample,
 without the trigger metadata) before generation.
 
 A defense that refuses inputs (`Defense.refuse` returns flags, not None) has each refused
@@ -99,7 +99,7 @@ def evaluate(
     def run(samples: Sequence[Sample], name: str) -> Predictions:
         if defense is None:
             return generate(samples, name, features), None
-        samples = [defense.filter_input(strip_poison_info(samples[i])) for i in range(len(samples))]
+        samples = defense.filter_inputs([strip_poison_info(samples[i]) for i in range(len(samples))])
         predictions = generate(samples, name, features)
         return refused_predictions(defense, samples, predictions,
                                    lambda chosen, label: generate(chosen, label, FeatureCache(model)))
