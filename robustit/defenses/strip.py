@@ -58,7 +58,7 @@ from robustit.defenses.plausibility import content_words
 from robustit.models.base import VisionLanguageModel
 from robustit.params import check_int, check_number
 
-log = logging.getLogger("robustit")
+log = logging.getLogger(__name__)
 MAX_FALSE_ALARM = 0.5
 
 
