@@ -51,7 +51,7 @@ from PIL import Image
 
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, register_defense
-from robustit.defenses.views import pooled_view, rng_state, set_rng_state
+from robustit.defenses.views import pooled_view, rng_state, run_seed, set_rng_state
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.params import check_choice, check_int, check_number
 
@@ -174,7 +174,7 @@ class CrossView(Defense):
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         """Fix the view size; `seed: null` takes torch's seed, which `train` sets to train.seed."""
         self.image_size = model.image_size
-        self.seed = torch.initial_seed() if self.params["seed"] is None else self.params["seed"]
+        self.seed = run_seed(self.params["seed"])
         self._rng.seed(self.seed)
         self._pool.clear()
 

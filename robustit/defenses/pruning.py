@@ -54,6 +54,7 @@ from robustit.data.sample import Sample
 from robustit.defenses.aar import hooked_adapter
 from robustit.defenses.base import Defense, DefenseConfig, register_defense
 from robustit.defenses.plausibility import batches, frozen
+from robustit.defenses.views import run_seed
 from robustit.models.base import VisionLanguageModel
 from robustit.models.features import FeatureCache
 from robustit.params import check_int, check_number
@@ -140,7 +141,7 @@ class FinePruning(Defense):
 
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         """Choose the inputs the activations will be measured on."""
-        seed = torch.initial_seed() if self.params["seed"] is None else self.params["seed"]
+        seed = run_seed(self.params["seed"])
         chosen = sorted(random.Random(seed).sample(range(len(dataset)), min(self.samples, len(dataset))))
         self.images = [dataset[i].image for i in chosen]
         self.activation = self.mask = None

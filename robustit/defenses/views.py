@@ -22,6 +22,11 @@ def to_image(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray((pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
 
 
+def run_seed(seed: int | None) -> int:
+    """A defense's `seed` setting, or with null torch's seed, which `train` sets to train.seed."""
+    return torch.initial_seed() if seed is None else seed
+
+
 def view_seed(seed: int, key: str, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{k}".encode()).digest()[:8], "little")
 
