@@ -153,7 +153,7 @@ class ExperimentConfig:
             defense = DEFENSES.get(self.defense.name)
             params = resolved["defense"]["params"]
             at_default += [f"defense.params.{key}" for key in defense.hashed_when_set if params[key] == defense.defaults[key]]
-        outcome = _without(resolved, [*RESULT_NEUTRAL_FIELDS, *at_default])
+        outcome = without_keys(resolved, [*RESULT_NEUTRAL_FIELDS, *at_default])
         for key in HASHED_AT_DEFAULT:
             section, name = key.split(".")
             outcome[section][name] = defaults[section][name]
@@ -165,12 +165,13 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(self.outcome(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _without(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+def without_keys(config: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """`config` without the fields at the dotted `keys` ("defense", "data.test_size")."""
     out = dict(config)
     for key in keys:
         head, _, rest = key.partition(".")
         if rest and isinstance(out.get(head), dict):
-            out[head] = _without(out[head], [rest])
+            out[head] = without_keys(out[head], [rest])
         elif not rest:
             out.pop(head, None)
     return out

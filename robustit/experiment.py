@@ -7,6 +7,9 @@ poisoner -> trainer -> victim -> defender -> evaluator):
 A data-side defense's flags, written by tuning, are scored against the attack's manifest into
 metrics.json's "detection" (`robustit.eval.detection`).
 
+A run whose tuning is VanillaIT's (no defense, or a test-time-only one) shares it with the
+other runs of the same setting (`robustit.train.shared`): it is tuned once and read back.
+
 Every part is built on first use and kept, so a caller takes only what it needs: the
 overhead benchmark calls `tune()` alone, re-evaluation `Experiment.from_run(...).evaluate()`,
 the activation figure `.model` and `.test_samples`. Each stage's wall time is logged and kept
@@ -43,6 +46,7 @@ from robustit.models.registry import build_model
 from robustit.rundir import RunDirectory
 from robustit.train.base_adapter import ensure_base_adapter
 from robustit.train.loop import TrainResult, train
+from robustit.train.shared import shares_tuning, tune_shared, tuning_key
 
 if TYPE_CHECKING:
     from robustit.store import ResultStore
@@ -194,13 +198,18 @@ class Experiment:
                     self._poisoned = PoisonedDataset(train_samples, self.attack)
         return self._poisoned
 
-    def tune(self, run_dir: RunDirectory | None = None, resume: bool = False) -> TrainResult:
+    def tune(self, run_dir: RunDirectory | None = None, resume: bool = False, share: bool = False) -> TrainResult:
         """Tune the model in place on the poisoned set under the defense; checkpoints and
         the tuning's record go to `run_dir` when given (benchmarks that time tuning pass
-        none), and `resume` continues the tuning an earlier attempt left there."""
+        none), and `resume` continues the tuning an earlier attempt left there. With `share`,
+        a tuning that is VanillaIT's (no defense or a test-time-only one) is done once per
+        setting and read back after (`robustit.train.shared`)."""
         dataset = self.poison()
         torch.manual_seed(self.config.train.seed)
         with self.stage("tuning"):
+            if share and shares_tuning(self.defense):
+                return tune_shared(self.model, dataset, self.config.train, tuning_key(self.config, self.inputs),
+                                   run_dir, self.features, self.progress, self.defense, resume)
             return train(self.model, dataset, self.config.train, run_dir, self.features, self.progress, self.defense,
                          resume)
 
@@ -213,9 +222,11 @@ class Experiment:
             return evaluate(model, test, self.attack if defended else None, self.config.eval, self.features,
                             self.progress, self.defense if defended else None, self.demonstration)
 
+    @cached_property
     def inputs(self) -> dict[str, str | None]:
         """Hashes that identify what the run starts from: the starting model's weights, the
-        base adapter file, the training and test data."""
+        base adapter file, the training and test data; taken when first asked, which `run`
+        and a sharing `tune` do before tuning."""
         model = self.model
         return {
             "model_weights": weights_hash(model),
@@ -243,7 +254,7 @@ class Experiment:
             if self.demonstration is not None:
                 log.info("one-shot evaluation: every test input follows training sample %s", self.demonstration.id)
             run_dir.save_config(config)
-            inputs = self.inputs()
+            inputs = self.inputs
             earlier = run_dir.load_inputs() if resume else {}
             if earlier and earlier != inputs:
                 raise ValueError(f"{run_dir} was tuned from other inputs than this run has "
@@ -264,7 +275,7 @@ class Experiment:
             if config.evaluate_base:
                 metrics["base"], base_records = self.evaluate(defended=False)
                 records["base_clean"] = base_records["clean"]
-            result = self.tune(run_dir, resume)
+            result = self.tune(run_dir, resume, share=True)
             metrics["train"] = result.summary()
             detection = detection_of(run_dir)
             if detection is not None:

@@ -81,3 +81,17 @@ def _run_in_a_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """Every test runs in its own folder, so a default path (runs/, results/) never lands in
     the repository."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _shared_tunings_in_the_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs keep VanillaIT's tuning in a cache to share it (`robustit.train.shared`); each test
+    keeps its own, never the user's."""
+    from robustit.train import shared
+
+    def cache_dir(*parts: str) -> Path:
+        path = tmp_path.joinpath("cache", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    monkeypatch.setattr(shared, "cache_dir", cache_dir)

@@ -178,12 +178,17 @@ class Defense:
     Subclasses set `name` and `defaults` (every accepted parameter with its default value);
     `self.params` holds the defaults overridden by the config's params. `hashed_when_set`
     names parameters added after runs of the defense were stored: `config_hash` leaves them
-    out while at their defaults, so that those runs keep their hashes.
+    out while at their defaults, so that those runs keep their hashes. `test_time_only` says
+    that tuning under the defense learns what VanillaIT's tuning learns: its hooks of the
+    loop's steps leave samples, views, activations and objective as they are, and `prepare`
+    and `finalize` leave the trainable weights as they are (what it adds is its state and its
+    test-time hooks), so a run under it shares VanillaIT's tuning (`robustit.train.shared`).
     """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     hashed_when_set: ClassVar[tuple[str, ...]] = ()
+    test_time_only: ClassVar[bool] = False
     extra_forward_passes: int = 0
 
     def __init__(self, config: DefenseConfig) -> None:

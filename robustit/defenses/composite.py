@@ -54,6 +54,10 @@ class Composite(Defense):
         ]
 
     @property
+    def test_time_only(self) -> bool:  # type: ignore[override]
+        return all(defense.test_time_only for defense in self.defenses)
+
+    @property
     def extra_forward_passes(self) -> int:
         return sum(defense.extra_forward_passes for defense in self.defenses)
 

@@ -145,6 +145,7 @@ def instruction_frequencies(instructions: Sequence[str]) -> dict[str, float]:
 @register_defense
 class PromptFilter(Defense):
     name = "prompt-filter"
+    test_time_only = True
     defaults = {"method": "influence", "margin": 1.0, "max_span": 3, "batch_size": 32, "max_new_tokens": 24,
                 "min_frequency": 0.01, "tokens": []}
 

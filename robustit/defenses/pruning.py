@@ -127,6 +127,7 @@ def register_pruning(adapter: nn.Module, rate: float) -> RemovableHandle:
 @register_defense
 class FinePruning(Defense):
     name = "fine-pruning"
+    test_time_only = True
     defaults = {"rate": 0.2, "samples": 256, "seed": None}
 
     def __init__(self, config: DefenseConfig) -> None:

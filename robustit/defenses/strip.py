@@ -91,6 +91,7 @@ def calibrated_threshold(scores: Sequence[float], false_alarm: float) -> float:
 @register_defense
 class STRIP(Defense):
     name = "strip"
+    test_time_only = True
     defaults = {
         "perturbations": 4,
         "alpha": 0.5,

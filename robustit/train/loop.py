@@ -54,7 +54,9 @@ KEPT_CHECKPOINTS = 2
 class TrainResult:
     """`losses` holds the LM loss of each step, `loss_terms` each defense term per step.
     `forward_passes` counts passes through the tuned model (whole-model forwards plus the
-    defense's own passes); `extra_forward_passes` is what that adds to one per step."""
+    defense's own passes); `extra_forward_passes` is what that adds to one per step.
+    `shared_from` names the shared VanillaIT tuning read back in place of tuning
+    (`robustit.train.shared`), None where this tuning ran."""
 
     steps: int
     losses: list[float]
@@ -66,6 +68,7 @@ class TrainResult:
     extra_forward_passes: int = 0
     loss_terms: dict[str, list[float]] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)
+    shared_from: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,8 +77,10 @@ class TrainResult:
         return {name: sum(values) / len(values) for name, values in self.loss_terms.items()}
 
     def summary(self) -> dict[str, Any]:
-        """The cost figures, the final LM loss and each defense term's mean (metrics.json's "train")."""
-        out = {k: v for k, v in self.as_dict().items() if k not in ("audit", "losses", "loss_terms")}
+        """The cost figures, the final LM loss, each defense term's mean and, where set,
+        `shared_from` (metrics.json's "train")."""
+        out = {k: v for k, v in self.as_dict().items()
+               if k not in ("audit", "losses", "loss_terms") and not (k == "shared_from" and v is None)}
         return {**out, "final_loss": self.losses[-1], "loss_terms": self.mean_loss_terms()}
 
 
@@ -293,9 +298,14 @@ def train(
         audit=loop.audit,
     )
     if run_dir is not None:
-        run_dir.save_checkpoint(model, defense)
-        flags = defense.flags() if defense is not None else []
-        if flags:
-            run_dir.save_flags(flags)
-        run_dir.save_train_result(result.as_dict())
+        save_tuning(run_dir, model, defense, result)
     return result
+
+
+def save_tuning(run_dir: RunDirectory, model: VisionLanguageModel, defense: Defense | None, result: TrainResult) -> None:
+    """The end of a tuning in `run_dir`: the final checkpoint, the defense's flags, the record."""
+    run_dir.save_checkpoint(model, defense)
+    flags = defense.flags() if defense is not None else []
+    if flags:
+        run_dir.save_flags(flags)
+    run_dir.save_train_result(result.as_dict())
