@@ -10,6 +10,7 @@ from robustit.store import ResultStore, make_record
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMAND = "robustit bench report --store results --out docs/benchmark.md"
 SECONDS = {"vanilla": 100.0, "byorn": 150.0, "robustit:gamma=0.8": 300.0, "aar": 110.0}
+EVALUATION_SECONDS = {"vanilla": 10.0, "byorn": 25.0, "robustit:gamma=0.8": 10.0, "aar": 10.0}
 # (attack, poison rate, defense variant, seed) -> (ASR, CIDEr); the grid below lists these runs and one more,
 # sig with vanilla at seed 1, which the store lacks
 RESULTS = {
@@ -52,6 +53,7 @@ def record(run: GridRun, asr: float, cider: float) -> dict:
         "objects": {"rate": 30.0},
         "train": {"seconds": SECONDS[run.defense] * (1 + seed / 10), "steps": 100,
                   "extra_forward_passes": 0 if run.defense == "vanilla" else 50 * (1 + seed)},
+        "timings": {"evaluation": EVALUATION_SECONDS[run.defense]},
         **({"detection": {"n_flagged": 82 + seed, "precision": 91.5, "recall": 93.75, "auroc": 0.9963}}
            if run.defense == "byorn" else {}),
     }
@@ -121,7 +123,7 @@ def test_clean_data_records_are_a_group_of_their_own(rendered):
         "### sig, poison rate 0.1"]
 
 
-def test_leaderboard_orders_by_worst_asr_and_divides_tuning_time_by_vanillas_on_the_same_runs(rendered):
+def test_leaderboard_orders_by_worst_asr_and_divides_tuning_and_evaluation_time_by_vanillas_on_the_same_runs(rendered):
     rows = table_after(rendered.read_text(), "## Leaderboard, poison rate 0.1")
     assert [row["defense"] for row in rows] == ["byorn", "robustit:gamma=0.8", "VanillaIT"]
     byorn, robustit, vanilla = rows
@@ -129,6 +131,7 @@ def test_leaderboard_orders_by_worst_asr_and_divides_tuning_time_by_vanillas_on_
     assert vanilla["worst ASR"] == "95.0 (sig)" and vanilla["mean ASR"] == "93.0"
     assert byorn["mean CIDEr"] == "68.5" and vanilla["clean-data CIDEr"] == "80.0" and byorn["clean-data CIDEr"] == "-"
     assert (byorn["overhead"], robustit["overhead"], vanilla["overhead"]) == ("1.50", "3.00", "1.00")
+    assert (byorn["test-time overhead"], robustit["test-time overhead"], vanilla["test-time overhead"]) == ("2.50", "1.00", "1.00")
     assert robustit["attacks"] == "2" and robustit["runs"] == "2"
     assert (byorn["extra passes/step"], robustit["extra passes/step"], vanilla["extra passes/step"]) == ("0.67", "0.50", "0.00")
 
