@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from contextlib import ExitStack
@@ -22,7 +23,7 @@ import yaml
 from robustit.attacks.base import AttackConfig
 from robustit.defenses.base import DefenseConfig
 from robustit.eval.evaluate import EvalConfig
-from robustit.params import FieldError, check_int
+from robustit.params import FieldError, check_int, check_number
 from robustit.train.config import PretrainConfig, TrainConfig
 
 
@@ -30,11 +31,17 @@ from robustit.train.config import PretrainConfig, TrainConfig
 class ModelConfig:
     """`family` names a registered model family and `spec` its build arguments. `base` is
     "pretrain" (the cached clean pretraining stage), a checkpoint directory, or null
-    (the adapter as initialised)."""
+    (the adapter as initialised). `feature_cache_mb` above 0 keeps the frozen encoder's
+    features on disk, shared between runs, in at most that many megabytes
+    (`robustit.models.feature_store`); 0 keeps them for the run only."""
 
     family: str = "mini"
     spec: dict[str, Any] = field(default_factory=dict)
     base: str | None = "pretrain"
+    feature_cache_mb: float = 0
+
+    def __post_init__(self) -> None:
+        check_number(None, "feature_cache_mb", self.feature_cache_mb, 0.0, math.inf)
 
 
 @dataclass
@@ -73,11 +80,11 @@ class DataConfig:
         return source, options, self.pretrain_split
 
 
-# Fields that name or place a run, add the base model's evaluation beside it, or only decide
-# what happens to bad records (the data fingerprints in inputs.json tell what was loaded),
-# without changing what the tuned model does: left out of `config_hash` (dotted: a field of a
-# section).
-RESULT_NEUTRAL_FIELDS = ("name", "output_dir", "evaluate_base", "data.skip_bad")
+# Fields that name or place a run, add the base model's evaluation beside it, only decide
+# what happens to bad records (the data fingerprints in inputs.json tell what was loaded) or
+# where the encoder's features are kept, without changing what the tuned model does: left out
+# of `config_hash` (dotted: a field of a section).
+RESULT_NEUTRAL_FIELDS = ("name", "output_dir", "evaluate_base", "data.skip_bad", "model.feature_cache_mb")
 # Result-neutral fields that `config_hash` covered before it left such fields out: hashed at
 # their default whatever they are set to, so that the records stored under the old hashes stay
 # found (`--set train.checkpoint_every=25` resumes a grid against its stored records).

@@ -40,6 +40,7 @@ from robustit.defenses.base import Defense, build_defense
 from robustit.eval.detection import detection_of
 from robustit.eval.evaluate import choose_demonstration, evaluate
 from robustit.models.base import VisionLanguageModel
+from robustit.models.feature_store import FeatureStore
 from robustit.models.features import FeatureCache
 from robustit.models.hashes import file_hash, weights_hash
 from robustit.models.registry import build_model
@@ -182,7 +183,10 @@ class Experiment:
 
     @cached_property
     def features(self) -> FeatureCache:
-        return FeatureCache(self.model)
+        """The run's frozen-feature cache, over the shared feature store where
+        `model.feature_cache_mb` is above 0."""
+        limit = self.config.model.feature_cache_mb
+        return FeatureCache(self.model, store=FeatureStore.of(self.model, limit) if limit else None)
 
     def poison(self) -> list[Sample] | PoisonedDataset:
         """The training set as tuning sees it: poisoned by the attack (its trigger fitted on
