@@ -52,7 +52,9 @@ def record(run: GridRun, asr: float, cider: float) -> dict:
         "caption": {"BLEU_4": 20.0 + seed, "METEOR": 18.0, "CIDEr": cider},
         "objects": {"rate": 30.0},
         "train": {"seconds": SECONDS[run.defense] * (1 + seed / 10), "steps": 100,
-                  "extra_forward_passes": 0 if run.defense == "vanilla" else 50 * (1 + seed)},
+                  "extra_forward_passes": 0 if run.defense == "vanilla" else 50 * (1 + seed),
+                  **({"curves": {"step": [50.0, 100.0], "lm": [2.0, 1.0], **({"idr_text": [0.5, 0.2]} if run.defense != "vanilla" else {})}}
+                     if run.defense != "byorn" else {})},
         "timings": {"evaluation": EVALUATION_SECONDS[run.defense]},
         **({"detection": {"n_flagged": 82 + seed, "precision": 91.5, "recall": 93.75, "auroc": 0.9963}}
            if run.defense == "byorn" else {}),
@@ -146,7 +148,7 @@ def test_detection_table_lists_precision_and_recall_of_the_flagging_defense(rend
 
 def test_figures_are_pngs_linked_relative_to_the_report(rendered):
     text = rendered.read_text()
-    names = ["radar-badnets.png", "radar-sig.png", "asr-vs-cider.png", "asr-vs-poison-rate.png"]
+    names = ["radar-badnets.png", "radar-sig.png", "asr-vs-cider.png", "asr-vs-poison-rate.png", "training-curves.png"]
     for name in names:
         assert f"](figures/{name})" in text
         assert (rendered.parent / "figures" / name).read_bytes().startswith(PNG_SIGNATURE)
@@ -165,6 +167,7 @@ def test_figures_the_store_has_no_data_for_are_skipped_and_named(tmp_path):
     fill(store, grid, {("badnets", 0.0, "vanilla", 0): (0.0, 80.0)})
     text = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND).read_text()
     assert "No radar figure" in text and "No ASR-against-CIDEr figure" in text and "No ASR-against-poison-rate figure" in text
+    assert "No training-curve figure" in text
     assert "No run at poison rate 0.1 stored yet." in text and not (tmp_path / "figures").exists()
     assert "1 of the 11 runs" in text and "The runs not stored yet (10) are listed by `robustit bench grid --config" in text
 
@@ -211,3 +214,18 @@ def test_a_variant_run_on_fewer_attacks_ranks_below_those_run_on_all(tmp_path):
     rows = table_after(text, "## Leaderboard, poison rate 0.1")
     assert [(row["defense"], row["attacks"]) for row in rows] == [
         ("byorn", "2"), ("robustit:gamma=0.8", "2"), ("VanillaIT", "2"), ("aar", "1")]
+
+
+def test_training_curves_show_one_run_per_variant_that_records_them_badnets_and_seed_0_first(tmp_path):
+    from robustit.bench.report import grid_settings, training_curve_runs
+
+    grid = write_grid(tmp_path)
+    store = ResultStore(tmp_path / "store")
+    for run in grid_runs(grid):
+        key = (run.attack, run.poison_rate, run.defense, run.seed)
+        if key in RESULTS:
+            store.put(record(run, *RESULTS[key]))
+    runs = training_curve_runs(grid_settings(grid, store)[0])
+    assert list(runs) == ["VanillaIT", "robustit:gamma=0.8"]
+    assert runs["VanillaIT"][0] == "badnets, rate 0.1, seed 0" and "idr_text" not in runs["VanillaIT"][1]
+    assert runs["robustit:gamma=0.8"][1]["idr_text"] == [0.5, 0.2]

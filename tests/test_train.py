@@ -95,3 +95,11 @@ def test_train_config_rejects_bad_values(changes, message):
 def test_total_steps_from_epochs():
     assert TrainConfig(epochs=2, batch_size=4).total_steps(10) == 6
     assert TrainConfig(max_steps=7).total_steps(10) == 7
+
+
+def test_loss_curves_are_window_means_at_the_windows_last_step():
+    from robustit.train.loop import loss_curves
+
+    curves = loss_curves([1.0, 2.0, 3.0, 4.0, 5.0], {"term": [0.0, 0.0, 1.0, 1.0, 1.0], "sometimes": [1.0]}, points=2)
+    assert curves == {"step": [2.0, 5.0], "lm": [1.5, 4.0], "term": [0.0, 1.0]}
+    assert loss_curves([1.0, 3.0], {}, points=50) == {"step": [1.0, 2.0], "lm": [1.0, 3.0]}

@@ -28,7 +28,8 @@ clean group; the others are grouped by attack and poison rate. The report holds
     tables       per group, a row per setting: the attack, quality and tuning-time columns
                  (`robustit.bench.tables.run_columns`) and the number of seeds stored
     detection    a row per setting with detection metrics (data-side defenses)
-    figures      `robustit.bench.report_figures`, as PNGs in the figures folder linked relative
+    figures      `robustit.bench.report_figures` (the training curves of one run per variant,
+                 `training_curve_runs`, where records hold train.curves), as PNGs in the figures folder linked relative
                  to the report; a figure the store has no data for is named as skipped
 """
 from __future__ import annotations
@@ -230,6 +231,19 @@ def poison_rate_curves(found: Sequence[Setting]) -> dict[str, dict[str, dict[flo
     return curves
 
 
+def training_curve_runs(found: Sequence[Setting]) -> dict[str, tuple[str, dict[str, list[float]]]]:
+    """variant -> (label, curves) of one run per variant whose record holds train.curves: at
+    the benchmark rate, BadNets first, then the attacks in order, the lowest seed."""
+    chosen: dict[str, tuple[str, dict[str, list[float]]]] = {}
+    order = sorted((s for s in found if s.rate == BENCHMARK_RATE), key=lambda s: (s.attack != "badnets", s.attack))
+    for s in order:
+        for run, record in sorted(s.runs, key=lambda pair: pair[0].seed):
+            curves = record["metrics"].get("train", {}).get("curves")
+            if s.variant not in chosen and isinstance(curves, dict):
+                chosen[s.variant] = (f"{s.attack}, rate {s.rate:g}, seed {run.seed}", curves)
+    return dict(sorted(chosen.items(), key=lambda item: (item[0] != VANILLA, item[0])))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text)
 
@@ -261,6 +275,10 @@ def figures(found: Sequence[Setting], figures_dir: Path, report_dir: Path) -> st
     out.append(_figure(report_figures.asr_poison_rate_figure(curves, colours), "asr-vs-poison-rate.png",
                        "ASR against poison rate", figures_dir, report_dir) if curves else
                "No ASR-against-poison-rate figure: no attack has a defense variant run at several poison rates.")
+    runs = training_curve_runs(found)
+    out.append(_figure(report_figures.training_curves_figure(runs), "training-curves.png",
+                       "LM loss and defense terms over tuning", figures_dir, report_dir) if runs else
+               "No training-curve figure: no stored run records its loss curves (train.curves).")
     return "\n\n".join(out)
 
 

@@ -8,6 +8,8 @@ has already taken from the result store, each returned as PNG bytes:
                             the Pareto front: the points no other point beats on both (lower or
                             equal ASR and higher or equal CIDEr, one of them strictly)
     asr_poison_rate_figure  ASR against poison rate, a panel per attack, a line per variant
+    training_curves_figure  a panel per defense variant (one of its runs): the LM loss over the
+                            tuning steps on the left axis, each defense term on the right
 
 Rendering is deterministic: a fixed size and dpi, the Agg backend, and no Software entry in
 the PNG's metadata, so the same numbers give the same bytes on every machine with the same
@@ -108,4 +110,30 @@ def asr_poison_rate_figure(curves: Mapping[str, Mapping[str, Mapping[float, floa
     axes[0][0].set_ylabel("ASR %")
     labelled = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
     figure.legend(labelled.values(), labelled.keys(), fontsize=8, loc="outside lower center", ncols=min(len(labelled), 4))
+    return _png(figure)
+
+
+def training_curves_figure(runs: Mapping[str, tuple[str, Mapping[str, Sequence[float]]]]) -> bytes:
+    """`runs` maps variant -> (the run's label, its curves: "step", "lm" and each term): a
+    panel per variant, three to a row."""
+    plt = pyplot()
+    columns = min(3, len(runs))
+    rows = math.ceil(len(runs) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False, layout="constrained")
+    for axis, (variant, (label, curves)) in zip(axes.flat, runs.items()):
+        steps = curves["step"]
+        axis.plot(steps, curves["lm"], color="black", label="LM loss")
+        axis.set_title(f"{variant}\n{label}", fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.set_ylabel("LM loss", fontsize=8)
+        axis.grid(alpha=0.3)
+        terms = [name for name in curves if name not in ("step", "lm")]
+        if terms:
+            right = axis.twinx()
+            for k, name in enumerate(terms):
+                right.plot(steps, curves[name], color=f"C{k}", linestyle="--", label=name)
+            right.set_ylabel("defense terms", fontsize=8)
+            right.legend(fontsize=7, loc="upper right")
+    for axis in list(axes.flat)[len(runs):]:
+        axis.set_visible(False)
     return _png(figure)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -48,6 +49,7 @@ from robustit.train.resume import LoopState, restore, training_state
 
 log = logging.getLogger(__name__)
 KEPT_CHECKPOINTS = 2
+CURVE_POINTS = 50
 
 
 @dataclass
@@ -77,11 +79,25 @@ class TrainResult:
         return {name: sum(values) / len(values) for name, values in self.loss_terms.items()}
 
     def summary(self) -> dict[str, Any]:
-        """The cost figures, the final LM loss, each defense term's mean and, where set,
-        `shared_from` (metrics.json's "train")."""
+        """The cost figures, the final LM loss, each defense term's mean, the `curves` and,
+        where set, `shared_from` (metrics.json's "train")."""
         out = {k: v for k, v in self.as_dict().items()
                if k not in ("audit", "losses", "loss_terms") and not (k == "shared_from" and v is None)}
-        return {**out, "final_loss": self.losses[-1], "loss_terms": self.mean_loss_terms()}
+        return {**out, "final_loss": self.losses[-1], "loss_terms": self.mean_loss_terms(),
+                "curves": loss_curves(self.losses, self.loss_terms)}
+
+
+def loss_curves(losses: Sequence[float], loss_terms: dict[str, list[float]], points: int = CURVE_POINTS) -> dict[str, list[float]]:
+    """The LM loss and each defense term recorded on every step over tuning, in at most
+    `points` points: the T steps cut into n = min(points, T) consecutive windows of floor or
+    ceil of T / n steps, each point the window's mean, at "step" = the window's last step."""
+    count = min(points, len(losses))
+    edges = [round(i * len(losses) / count) for i in range(count + 1)]
+    curves = {"step": [float(end) for end in edges[1:]]}
+    every_step = {name: values for name, values in loss_terms.items() if len(values) == len(losses)}
+    for name, values in {"lm": list(losses), **every_step}.items():
+        curves[name] = [round(statistics.fmean(values[a:b]), 6) for a, b in zip(edges, edges[1:])]
+    return curves
 
 
 def seed_everything(seed: int) -> None:
