@@ -23,6 +23,7 @@ import yaml
 from robustit.attacks.base import AttackConfig
 from robustit.defenses.base import DefenseConfig
 from robustit.eval.evaluate import EvalConfig
+from robustit.models.lora import LoraSettings
 from robustit.params import FieldError, check_int, check_number
 from robustit.train.config import PretrainConfig, TrainConfig
 
@@ -31,13 +32,17 @@ from robustit.train.config import PretrainConfig, TrainConfig
 class ModelConfig:
     """`family` names a registered model family and `spec` its build arguments. `base` is
     "pretrain" (the cached clean pretraining stage), a checkpoint directory, or null
-    (the adapter as initialised). `feature_cache_mb` above 0 keeps the frozen encoder's
-    features on disk, shared between runs, in at most that many megabytes
-    (`robustit.models.feature_store`); 0 keeps them for the run only."""
+    (the adapter as initialised). `lora` puts LoRA layers on the language model's blocks
+    (`robustit.models.lora.LoraSettings`: `{}` for its defaults), outside the paper's threat
+    model; null (the default) leaves them out. The base stage runs without them.
+    `feature_cache_mb` above 0 keeps the frozen encoder's features on disk, shared between
+    runs, in at most that many megabytes (`robustit.models.feature_store`); 0 keeps them for
+    the run only."""
 
     family: str = "mini"
     spec: dict[str, Any] = field(default_factory=dict)
     base: str | None = "pretrain"
+    lora: LoraSettings | None = None
     feature_cache_mb: float = 0
 
     def __post_init__(self) -> None:
@@ -92,7 +97,7 @@ HASHED_AT_DEFAULT = ("train.checkpoint_every",)
 # Fields added after records were stored under hashes that lack them: left out of `config_hash`
 # while at their defaults, so that the configs predating them keep their hashes; set to
 # anything else they count like every other field.
-LEFT_OUT_AT_DEFAULT = ("eval.shots", "data.pretrain_source", "data.pretrain_options")
+LEFT_OUT_AT_DEFAULT = ("eval.shots", "data.pretrain_source", "data.pretrain_options", "model.lora")
 OUTPUT_DIR_FIELDS = ("name", "attack", "poison_rate", "defense", "seed")
 
 

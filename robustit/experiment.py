@@ -143,7 +143,7 @@ class Experiment:
     def model(self) -> VisionLanguageModel:
         """The starting model: the family's released weights with the base adapter of
         `model.base` in place ("pretrain": the cached clean pretraining stage, run on first
-        use), or the tuned model of `tuned_from`."""
+        use, before `model.lora` adds its LoRA layers), or the tuned model of `tuned_from`."""
         base, data = self.config.model.base, self.config.data
         with self.stage("base model"):
             model = build_model(self.config.model.family, **self.config.model.spec)
@@ -151,6 +151,8 @@ class Experiment:
                 base = None
             elif base == "pretrain":
                 base = ensure_base_adapter(model, *data.pretraining(), self.config.pretrain, self.progress)
+            if self.config.model.lora is not None:
+                model.add_lora(self.config.model.lora)
             if base is not None:
                 self.base_dir = Path(base)
                 model.load_trainable(self.base_dir, strict=False)

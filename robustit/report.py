@@ -122,6 +122,10 @@ def render_report(run_dir: RunDirectory) -> str:
         out += [f"| {name} | {m['trainable']:,} | {m['frozen']:,} |" for name, m in audit["modules"].items()]
         out += ["", f"{audit['trainable']:,} of {audit['total']:,} parameters train. Frozen tensors that "
                 f"received a gradient: {audit['frozen_with_grad'] or 'none'}."]
+        lora = audit.get("lora")
+        if lora:
+            out += ["", f"LoRA on the language model (outside the paper's threat model): rank {lora['rank']}, alpha "
+                        f"{lora['alpha']:g}, dropout {lora['dropout']:g}, on {', '.join(lora['target_modules'])}."]
     for condition in ("clean", "full"):
         examples = run_dir.load_predictions(condition, 5)
         if examples:

@@ -60,7 +60,10 @@ def test_config_hash_ignores_labels_and_follows_every_setting_and_declared_defau
     assert load_config(None, ["defense.name=aar", "train.max_steps=7"]).config_hash() != base.config_hash()
     assert load_config(None, ["defense.name=aar", "defense.params.beta=1"]).config_hash() != base.config_hash()
     assert "shots" not in base.outcome()["eval"] and "pretrain_source" not in base.outcome()["data"]
-    for later in ("eval.shots=1", "data.pretrain_source=stampcaps", "data.pretrain_options={objects: held_out}"):
+    assert "lora" not in base.outcome()["model"]
+    assert load_config(None, ["defense.name=aar", "model.lora=null"]).config_hash() == base.config_hash()
+    for later in ("eval.shots=1", "data.pretrain_source=stampcaps", "data.pretrain_options={objects: held_out}",
+                  "model.lora={}"):
         assert load_config(None, ["defense.name=aar", later]).config_hash() != base.config_hash()
     before = base.config_hash()
     monkeypatch.setattr(AAR, "defaults", {**AAR.defaults, "gamma": 0.3})

@@ -19,11 +19,15 @@ Several images per prompt (one-shot evaluation's demonstration before the test i
 family whose visual tokens enter the language model's input sequence, as mini's and LLaVA's
 do, takes them through the same slots, one block of visual tokens per image, and is built
 with `multi_image=True`; a family built without it refuses a demonstration with an error.
+
+`add_lora` puts LoRA layers on the language model's blocks (`robustit.models.lora`), outside
+the paper's threat model: their weights train with the embeddings, in an optimizer group of
+their own, and are audited as the module "decoder_lora"; the layers they wrap stay frozen.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +41,7 @@ from robustit.tensors import load_tensors, save_tensors
 
 from .adapters import Adapter
 from .image_processing import images_to_tensor
+from .lora import LoraSettings, inject_lora, is_lora_parameter, lora_parameters, set_lora_dropout
 from .prompt import IGNORE_INDEX, EncodedBatch, PromptFormat, encode_prompts
 from .visual_words import snap_to_words
 
@@ -94,6 +99,7 @@ class VisionLanguageModel(nn.Module):
         self.image_size = image_size
         self.prompt_format = prompt_format
         self.visual_words = visual_words
+        self.lora: LoraSettings | None = None
         self._adapter_hooks: list[AdapterHook] = []
         adapter.get_submodule(adapter.hook_point).register_forward_hook(self._run_adapter_hooks)
         self._untie_and_freeze()
@@ -110,6 +116,18 @@ class VisionLanguageModel(nn.Module):
         self.adapter.requires_grad_(True)
         embed.requires_grad_(True)
         self.lm_head.requires_grad_(True)
+        for p in lora_parameters(self.decoder):
+            p.requires_grad_(True)
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        """Wrap the language model's linear layers that `settings` target in trainable LoRA
+        layers (peft); the model generates as before until they train."""
+        if self.lora is not None:
+            raise ValueError(f"the model already has LoRA layers ({self.lora})")
+        excluded = {id(p) for p in (*self.vision.parameters(), *self.adapter.parameters())}
+        inject_lora(self.decoder, settings, excluded, self.family)
+        self.lora = settings
+        self._untie_and_freeze()
 
     @property
     def num_visual_tokens(self) -> int:
@@ -123,16 +141,22 @@ class VisionLanguageModel(nn.Module):
         super().train(mode)
         self.vision.eval()
         self.decoder.eval()
+        if self.lora is not None:
+            set_lora_dropout(self.decoder, mode and any(p.requires_grad for p in lora_parameters(self.decoder)))
         self.adapter.train(mode)
         return self
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters that tune, by optimizer group: the adapter psi and the embeddings phi
-        (every tensor of the input embedding and of the lm_head)."""
-        return {
+        """Parameters that tune, by optimizer group: the adapter psi, the embeddings phi
+        (every tensor of the input embedding and of the lm_head) and, where the model has
+        LoRA layers, their weights ("lora")."""
+        groups = {
             "adapter": [p for p in self.adapter.parameters() if p.requires_grad],
             "embeddings": [*self.decoder.get_input_embeddings().parameters(), *self.lm_head.parameters()],
         }
+        if self.lora is not None:
+            groups["lora"] = lora_parameters(self.decoder)
+        return groups
 
     def add_adapter_hook(self, hook: AdapterHook) -> Callable[[], None]:
         """Run `hook` on the adapter's activation site output; returns a remover."""
@@ -253,10 +277,13 @@ class VisionLanguageModel(nn.Module):
         return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
 
     def save_trainable(self, directory: str | Path) -> Path:
-        """Write the trainable weights (safetensors) and the spec that rebuilds the rest."""
+        """Write the trainable weights (safetensors) and the spec that rebuilds the rest
+        (`build_model(**spec)`): family, build arguments and, where the model has LoRA layers,
+        their settings ("lora")."""
         directory = Path(directory)
         save_tensors(directory / "trainable.safetensors", self.trainable_state_dict())
-        write_atomic(directory / "model_spec.json", json.dumps({"family": self.family, **self.spec}, indent=2))
+        lora = {} if self.lora is None else {"lora": asdict(self.lora)}
+        write_atomic(directory / "model_spec.json", json.dumps({"family": self.family, **self.spec, **lora}, indent=2))
         return directory
 
     def load_trainable(self, directory: str | Path, strict: bool = True) -> None:
@@ -266,7 +293,11 @@ class VisionLanguageModel(nn.Module):
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
         if set(state) - expected or (strict and set(state) != expected):
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"checkpoint {directory} does not match the model: missing {missing}, unexpected {extra}")
+            hint = ("; its LoRA weights need the model built with the LoRA settings of its model_spec.json"
+                    if self.lora is None and any(map(is_lora_parameter, extra)) else "")
+            raise ValueError(
+                f"checkpoint {directory} does not match the model: missing {missing}, unexpected {extra}{hint}"
+            )
         params = dict(self.named_parameters())
         wrong = {n: (tuple(t.shape), tuple(params[n].shape)) for n, t in state.items() if t.shape != params[n].shape}
         if wrong:
@@ -276,13 +307,16 @@ class VisionLanguageModel(nn.Module):
                 params[name].copy_(tensor)
 
     def parameter_audit(self) -> dict[str, Any]:
-        """Which top-level modules train and how many parameters each holds."""
+        """Which top-level modules train and how many parameters each holds (LoRA weights as
+        the module "decoder_lora"), and the LoRA settings ("lora", None without LoRA)."""
         modules: dict[str, dict[str, int]] = {}
         embeddings = {id(p) for p in self.decoder.get_input_embeddings().parameters()}
         for name, p in self.named_parameters():
             top = "input_embeddings" if id(p) in embeddings else name.split(".")[0]
+            top = "decoder_lora" if is_lora_parameter(name) else top
             entry = modules.setdefault(top, {"trainable": 0, "frozen": 0})
             entry["trainable" if p.requires_grad else "frozen"] += p.numel()
         trainable = sum(m["trainable"] for m in modules.values())
         total = trainable + sum(m["frozen"] for m in modules.values())
-        return {"family": self.family, "modules": modules, "trainable": trainable, "total": total}
+        lora = None if self.lora is None else asdict(self.lora)
+        return {"family": self.family, "modules": modules, "trainable": trainable, "total": total, "lora": lora}

@@ -11,7 +11,9 @@ from robustit.params import FieldError, check_int, check_number
 @dataclass
 class TrainConfig:
     """`epochs` sets the length unless `max_steps` is given; `train_embeddings=False` tunes
-    the adapter alone (the base-adapter pretraining stage, as in LLaVA's stage 1).
+    the adapter alone (the base-adapter pretraining stage, as in LLaVA's stage 1), leaving
+    the LoRA weights of a model with LoRA layers (`model.lora`) frozen too; they train with
+    the embeddings, at `lr_adapter`.
     `checkpoint_every` > 0 writes a checkpoint every that many steps, with everything a
     killed run needs to resume from it exactly (`robustit run --resume`); the last two are kept."""
 

@@ -1,4 +1,6 @@
-"""The tuning loop on Accelerate: only psi (adapter) and phi (input embedding, lm_head) move.
+"""The tuning loop on Accelerate: only psi (adapter) and phi (input embedding, lm_head) move,
+and the LoRA weights of a model given LoRA layers (`model.lora`, outside the paper's threat
+model).
 
 Each step draws a batch of samples, looks up frozen features f_v(x) in the cache, and
 minimises the completion-only loss L_it of `VisionLanguageModel.forward` with AdamW
@@ -124,16 +126,20 @@ def gradient_audit(model: VisionLanguageModel) -> dict[str, Any]:
 
 
 def set_trainable(model: VisionLanguageModel, embeddings: bool) -> None:
-    """Adapter always; input embedding and lm_head only when `embeddings`."""
+    """Adapter always; input embedding, lm_head and the LoRA weights (where the model has
+    LoRA layers) only when `embeddings`."""
     model.decoder.get_input_embeddings().requires_grad_(embeddings)
     model.lm_head.requires_grad_(embeddings)
+    for p in model.trainable_groups().get("lora", []):
+        p.requires_grad_(embeddings)
 
 
 def prepare_tuning(
     model: VisionLanguageModel, config: TrainConfig, total: int
 ) -> tuple[Accelerator, VisionLanguageModel, torch.optim.Optimizer, AcceleratedScheduler]:
     """(accelerator, model, optimizer, scheduler) of a tuning of `total` steps: the model made
-    trainable as `config` says, AdamW over its adapter group (and embeddings group) and the
+    trainable as `config` says, AdamW over its adapter group (and embeddings group, and LoRA
+    group at the adapter's learning rate where the model has LoRA layers) and the
     warmup-cosine schedule, prepared by a fresh Accelerator."""
     set_trainable(model, config.train_embeddings)
     accelerator = Accelerator()
@@ -141,6 +147,8 @@ def prepare_tuning(
     param_groups = [{"params": groups["adapter"], "lr": config.lr_adapter}]
     if config.train_embeddings:
         param_groups.append({"params": groups["embeddings"], "lr": config.lr_embeddings})
+        if "lora" in groups:
+            param_groups.append({"params": groups["lora"], "lr": config.lr_adapter})
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
