@@ -24,6 +24,7 @@ import torch
 
 from robustit.models.base import VisionLanguageModel
 from robustit.models.cache import cache_dir
+from robustit.models.hashes import weights_hash
 from robustit.tensors import load_tensors, save_tensors
 
 log = logging.getLogger("robustit")
@@ -32,11 +33,8 @@ log = logging.getLogger("robustit")
 def encoder_key(model: VisionLanguageModel) -> str:
     """What decides f_v(x) besides the image: the family (its pixel preprocessing), the image
     size, the vision tower's weights, torch's version and thread count."""
-    digest = hashlib.sha256(f"{model.family}:{model.image_size}:{torch.__version__}:{torch.get_num_threads()}".encode())
-    for name, tensor in sorted(model.vision.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\0".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    identity = f"{model.family}:{model.image_size}:{weights_hash(model.vision)}:{torch.__version__}:{torch.get_num_threads()}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 class FeatureStore:

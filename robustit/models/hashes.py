@@ -5,13 +5,13 @@ import hashlib
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from robustit.models.base import VisionLanguageModel
 
-
-def weights_hash(model: VisionLanguageModel) -> str:
-    """sha256 over every parameter's name, shape, dtype and bytes, in name order: what
-    identifies the starting model of a run (released weights and base adapter together)."""
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over every parameter's name, shape, dtype and bytes, in name order: of a whole
+    model, what identifies the starting model of a run (released weights and base adapter
+    together); of a part, that part's weights (the frozen encoder's)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\0".encode())
