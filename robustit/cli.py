@@ -32,6 +32,9 @@ Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the r
 `evaluate`, `scan`, `bench overhead` and `bench throughput` write no record.
 `--resume` (run, demo, bench grid) goes on with a killed run from its last checkpoint;
 `--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
+
+`run` alone runs data-parallel under `accelerate launch` (docs/scale.md); its main process
+prints the table.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ from robustit.defenses.plausibility import SCORES
 from robustit.report import detection_line, markdown_table, summary_row
 from robustit.rundir import RunDirectory
 from robustit.store import DEFAULT_STORE, ResultStore
+from robustit.train.parallel import is_main_process, launched_processes
 
 
 DEMO_DEFENSES = (("VanillaIT", "vanilla"), ("BYORn", "byorn"))
@@ -93,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     from robustit.experiment import Experiment
 
     config = load_config(args.config, args.overrides)
-    _print_runs([(config.name, Experiment(config).run(_store(args), args.resume))])
+    run_dir = Experiment(config).run(_store(args), args.resume)
+    if is_main_process():
+        _print_runs([(config.name, run_dir)])
     return 0
 
 
@@ -322,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
+        if launched_processes() > 1 and args.command != "run":
+            raise ValueError(f"only `robustit run` runs data-parallel; run `robustit {args.command}` in one process "
+                             f"(without accelerate launch)")
         if args.imports:
             sys.path.insert(0, str(Path.cwd()))
             for module in args.imports:

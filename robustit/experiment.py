@@ -15,6 +15,10 @@ overhead benchmark calls `tune()` alone, re-evaluation `Experiment.from_run(...)
 the activation figure `.model` and `.test_samples`. Each stage's wall time is logged and kept
 in `timings`. The defense trains with the model and applies its test-time part to the tuned
 evaluation; the base evaluation is undefended.
+
+Under a data-parallel launch (`accelerate launch`, `robustit.train.parallel`) the main process
+runs `run` as one process does, its tuning joined by the other processes, which load the data
+and tune but write and evaluate nothing.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from robustit.models.registry import build_model
 from robustit.rundir import RunDirectory
 from robustit.train.base_adapter import ensure_base_adapter
 from robustit.train.loop import TrainResult, train
+from robustit.train.parallel import is_main_process, launched_processes, refuse
 from robustit.train.shared import shares_tuning, tune_shared, tuning_key
 
 if TYPE_CHECKING:
@@ -247,9 +252,16 @@ class Experiment:
         (`RunDirectory.claimed`: not in use, not another config's unless `replace`, which
         clears that run instead). `resume` continues what
         a killed attempt of the same config left there: a finished run is only recorded, a
-        tuning goes on from its last checkpoint (inputs that changed since are an error)."""
+        tuning goes on from its last checkpoint (inputs that changed since are an error).
+        Under a data-parallel launch only the main process does all this; the others tune
+        beside it (`_tune_beside_main`)."""
         config = self.config
         run_dir = RunDirectory(config.run_dir())
+        if launched_processes() > 1:
+            refuse(self.defense, resume, launched_processes())
+        if not is_main_process():
+            self._tune_beside_main(run_dir)
+            return run_dir
         with run_dir.claimed(config, resume, replace):
             if resume and run_dir.is_complete():
                 log.info("%s is complete; nothing to resume", run_dir)
@@ -295,6 +307,13 @@ class Experiment:
             run_dir.write_report()
             self._record(store, metrics, inputs)
         return run_dir
+
+    def _tune_beside_main(self, run_dir: RunDirectory) -> None:
+        """A data-parallel process other than the main one: the same checks and tuning as the
+        main process, which alone claims, writes and evaluates `run_dir`."""
+        torch.manual_seed(self.config.train.seed)
+        self.check()
+        self.tune(run_dir, share=True)
 
     def _record(self, store: ResultStore | None, metrics: dict[str, Any], inputs: dict[str, str | None]) -> None:
         if store is not None:

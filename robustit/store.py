@@ -51,8 +51,11 @@ class CorruptRecord(ValueError):
 
 def machine_info() -> dict[str, Any]:
     """Platform, Python, torch version and threads, CPU model (from /proc/cpuinfo when
-    readable), logical cores and the CUDA device's name (when there is one)."""
+    readable), logical cores, the CUDA device's name (when there is one) and, for a
+    data-parallel run, its process count."""
     import torch
+
+    from robustit.train.parallel import launched_processes
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -63,6 +66,8 @@ def machine_info() -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+    if launched_processes() > 1:
+        info["processes"] = launched_processes()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -22,6 +22,12 @@ Every `train.checkpoint_every` steps the loop writes a checkpoint holding what r
 (`robustit.train.resume`) and keeps the last `KEPT_CHECKPOINTS` of them (the one before the
 last is the fallback should the last be damaged); `resume=True` continues from the last whole
 one, a resumed defense taking back its training state in place of `curate` at step 0.
+
+Under `accelerate launch` with several processes the loop runs data-parallel
+(`robustit.train.parallel`): `batch_size` stays the global batch, each process trains on its
+slice of every global batch, DDP averages the gradients, the step count and schedule are one
+process's, the recorded LM loss is the global batch's and only the main process writes to the
+run directory; defenses other than test-time-only ones and resuming are refused there.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.scheduler import AcceleratedScheduler
+from accelerate.utils import DataLoaderConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -47,6 +54,7 @@ from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.models.features import FeatureCache
 from robustit.rundir import RunDirectory
 from robustit.train.config import TrainConfig
+from robustit.train.parallel import DataParallel, check_set_up, process_state, refuse
 from robustit.train.resume import LoopState, restore, training_state
 
 log = logging.getLogger(__name__)
@@ -136,13 +144,16 @@ def set_trainable(model: VisionLanguageModel, embeddings: bool) -> None:
 
 def prepare_tuning(
     model: VisionLanguageModel, config: TrainConfig, total: int
-) -> tuple[Accelerator, VisionLanguageModel, torch.optim.Optimizer, AcceleratedScheduler]:
-    """(accelerator, model, optimizer, scheduler) of a tuning of `total` steps: the model made
+) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer, AcceleratedScheduler]:
+    """(accelerator, module, optimizer, scheduler) of a tuning of `total` steps: the model made
     trainable as `config` says, AdamW over its adapter group (and embeddings group, and LoRA
     group at the adapter's learning rate where the model has LoRA layers) and the
-    warmup-cosine schedule, prepared by a fresh Accelerator."""
+    warmup-cosine schedule, prepared by a fresh Accelerator whose schedule steps once per
+    global batch (`split_batches`) and refuses set-ups other than DDP (`check_set_up`). `module`
+    is the model as prepared: itself in one process, DDP-wrapped across several."""
     set_trainable(model, config.train_embeddings)
-    accelerator = Accelerator()
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
+    check_set_up(accelerator)
     groups = model.trainable_groups()
     param_groups = [{"params": groups["adapter"], "lr": config.lr_adapter}]
     if config.train_embeddings:
@@ -151,8 +162,8 @@ def prepare_tuning(
             param_groups.append({"params": groups["lora"], "lr": config.lr_adapter})
     optimizer = torch.optim.AdamW(param_groups, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return accelerator, model, optimizer, scheduler
+    module, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return accelerator, module, optimizer, scheduler
 
 
 def index_loader(size: int, config: TrainConfig) -> DataLoader:
@@ -178,30 +189,40 @@ def optimizer_step(accelerator: Accelerator, model: VisionLanguageModel, optimiz
     optimizer.zero_grad(set_to_none=True)
 
 
-def _forward_views(model: VisionLanguageModel, views: list[View], features: FeatureCache) -> dict[str, LMOutput]:
-    """Fill each view's features; run the whole model on the forwarded ones."""
+def _forward_views(model: VisionLanguageModel, views: list[View], features: FeatureCache,
+                   module: torch.nn.Module) -> dict[str, LMOutput]:
+    """Fill each view's features; run the whole model (through `module`) on the forwarded ones."""
     outputs: dict[str, LMOutput] = {}
     for view in views:
         view.features = features.features(view.images)
         if view.forward:
-            outputs[view.name] = model(model.encode_prompts(view.instructions, view.responses), view.features)
+            outputs[view.name] = module(model.encode_prompts(view.instructions, view.responses), view.features)
     return outputs
 
 
 def tuning_objective(
-    model: VisionLanguageModel, samples: list[Sample], features: FeatureCache, defense: Defense | None
+    model: VisionLanguageModel, samples: list[Sample], features: FeatureCache, defense: Defense | None,
+    parallel: DataParallel | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
-    """(objective, LM loss, defense terms, whole-model passes) of one batch."""
+    """(objective, LM loss, defense terms, whole-model passes) of one batch; under `parallel`,
+    of this process's slice, its LM loss weighted for DDP's average and the recorded LM loss
+    the global batch's."""
     views = [View.of("original", samples)]
     if defense is not None:
         views = defense.augment(DefenseBatch(samples, {"original": views[0]}))
-    outputs = _forward_views(model, views, features)
-    weighted = [view.lm_weight * outputs[view.name].loss for view in views if view.lm_weight]
-    if not weighted:
+    outputs = _forward_views(model, views, features, model if parallel is None else parallel.module)
+    losses = [(view.lm_weight, outputs[view.name]) for view in views if view.lm_weight]
+    if not losses:
         raise ValueError(f"no view of {[view.name for view in views]} carries the LM loss (all lm_weight 0)")
-    lm_loss = sum(weighted[1:], weighted[0])
+    if parallel is None:
+        weighted = [weight * output.loss for weight, output in losses]
+        objective = lm_loss = sum(weighted[1:], weighted[0])
+    else:
+        shares = [(weight, *parallel.lm_loss(output)) for weight, output in losses]
+        objective = sum(weight * share for weight, share, _ in shares)
+        lm_loss = sum(weight * mean for weight, _, mean in shares)
     terms = {} if defense is None else defense.loss(model, DefenseBatch(samples, {v.name: v for v in views}), outputs)
-    return sum(terms.values(), lm_loss), lm_loss, terms, len(outputs)
+    return sum(terms.values(), objective), lm_loss, terms, len(outputs)
 
 
 def _epoch_batches(loader: DataLoader, loop: LoopState) -> Iterator[list[int]]:
@@ -235,9 +256,12 @@ def train(
     """Tune `model` in place on `dataset`, under `defense` if given; writes checkpoints and
     the tuning's record to `run_dir` when given. With `resume`, a run directory whose tuning
     finished gives back its tuned model and record, and one holding intermediate checkpoints
-    continues from the last whole one (`robustit.train.resume`)."""
+    continues from the last whole one (`robustit.train.resume`). Under a data-parallel launch
+    (`robustit.train.parallel`) only the main process writes to `run_dir`."""
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
+    processes = process_state().num_processes
+    refuse(defense, resume, processes)
     if resume and run_dir is None:
         raise ValueError("resuming needs the run directory of the interrupted run")
     if resume and run_dir.tuning_finished():
@@ -246,7 +270,11 @@ def train(
     seed_everything(config.seed)
     features = features if features is not None else FeatureCache(model)
     total = config.total_steps(len(dataset))
-    accelerator, model, optimizer, scheduler = prepare_tuning(model, config, total)
+    accelerator, module, optimizer, scheduler = prepare_tuning(model, config, total)
+    parallel = DataParallel(accelerator, module) if processes > 1 else None
+    if parallel is not None:
+        parallel.check_batch(min(config.batch_size, len(dataset)))
+    written = run_dir if accelerator.is_main_process else None
     loader = index_loader(len(dataset), config)
     defense_passes = defense.extra_forward_passes if defense is not None else 0
     start = time.perf_counter()
@@ -266,17 +294,18 @@ def train(
         loop = restore(run_dir.load_checkpoint(model, defense, checkpoint), optimizer, scheduler, defense, model)
     if defense is not None:
         remove_hook = model.add_adapter_hook(defense.adapter_hook)
-    model.train()
-    bar = tqdm(total=total, initial=loop.step, desc="tuning", disable=not progress, unit="step")
+    module.train()
+    bar = tqdm(total=total, initial=loop.step, desc="tuning", disable=not (progress and accelerator.is_main_process),
+               unit="step")
     try:
         while loop.step < total:
             for indices in _epoch_batches(loader, loop):
-                samples = [samples_of[i] for i in indices]
+                samples = [samples_of[i] for i in (indices if parallel is None else parallel.shard(indices))]
                 if defense is not None:
                     samples = [s for s in map(defense.training_sample, samples) if s is not None]
                     if not samples:
                         continue
-                objective, lm_loss, terms, forwarded = tuning_objective(model, samples, features, defense)
+                objective, lm_loss, terms, forwarded = tuning_objective(model, samples, features, defense, parallel)
                 accelerator.backward(objective)
                 if loop.step == 0:
                     loop.audit = gradient_audit(model)
@@ -291,11 +320,11 @@ def train(
                     defense.after_step(loop.step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loop.losses[-1]:.3f}")
-                if run_dir is not None and config.checkpoint_every and loop.step % config.checkpoint_every == 0:
+                if written is not None and config.checkpoint_every and loop.step % config.checkpoint_every == 0:
                     elapsed = replace(loop, seconds=loop.seconds + time.perf_counter() - start)
                     state = training_state(elapsed, optimizer, scheduler, defense)
-                    run_dir.save_checkpoint(model, defense, loop.step, state)
-                    run_dir.prune_checkpoints(KEPT_CHECKPOINTS)
+                    written.save_checkpoint(model, defense, loop.step, state)
+                    written.prune_checkpoints(KEPT_CHECKPOINTS)
                 if loop.step >= total:
                     break
             if loop.step == loop.epoch_first_step and loop.batches == 0:
@@ -321,8 +350,8 @@ def train(
         loss_terms=loop.loss_terms,
         audit=loop.audit,
     )
-    if run_dir is not None:
-        save_tuning(run_dir, model, defense, result)
+    if written is not None:
+        save_tuning(written, model, defense, result)
     return result
 
 

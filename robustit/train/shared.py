@@ -7,7 +7,8 @@ tunes that way: the tuned weights come from the cache entry
 
     cache_dir("tuned", key),  key = sha256(the config's outcome without defense, eval and test
                                            split; inputs.json without the test data; torch
-                                           threads; torch version)[:16]
+                                           threads; torch version; the process count where
+                                           tuning runs data-parallel)[:16]
 
 (checkpoint/ and train.json, the `TrainResult` of the tuning), written by the first run of
 the setting, VanillaIT's or a test-time-only defense's, which tunes with no defense. The
@@ -15,7 +16,9 @@ defense then runs `prepare` on the stripped training set and `finalize` with its
 registered, as `train` does after its last step, with the generators seeded by train.seed.
 The run's `TrainResult` is the shared tuning's, with the seconds and the adapter passes of
 `prepare` and `finalize` added and `shared_from` naming the entry. The thread count is part
-of the key because float reductions, and so the tuned bytes, may depend on it.
+of the key because float reductions, and so the tuned bytes, may depend on it; so is the
+process count of a data-parallel tuning (`robustit.train.parallel`), whose main process alone
+writes the entry.
 
 Only `Experiment.run` shares; a benchmark that times tuning (`bench overhead`) calls `train`.
 Entries are the size of the trainable weights (about 120 MB for `mini`); removing the folder
@@ -43,6 +46,7 @@ from robustit.models.features import FeatureCache
 from robustit.rundir import RunDirectory
 from robustit.train.config import TrainConfig
 from robustit.train.loop import TrainResult, save_tuning, seed_everything, train
+from robustit.train.parallel import is_main_process, launched_processes
 
 log = logging.getLogger("robustit")
 NOT_TUNING = ("defense", "eval", "data.test_split", "data.test_size")
@@ -59,6 +63,8 @@ def tuning_key(config: ExperimentConfig, inputs: dict[str, str | None]) -> str:
     key = {"config": without_keys(config.outcome(), NOT_TUNING),
            "inputs": {name: value for name, value in inputs.items() if name != "test_data"},
            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if launched_processes() > 1:
+        key["processes"] = launched_processes()
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -107,20 +113,24 @@ def tune_shared(
     features: FeatureCache | None = None, progress: bool = True, defense: Defense | None = None, resume: bool = False,
 ) -> TrainResult:
     """`train` for a run whose tuning is VanillaIT's (`shares_tuning(defense)`): the shared
-    tuning of `key` read back, or tuned with no defense (resumably in `run_dir`) and kept, then
-    the defense's `prepare` and `finalize`; the result written to `run_dir` as `train` does."""
+    tuning of `key` read back, or tuned with no defense (resumably in `run_dir`, which `train`
+    writes) and kept, then the defense's `prepare` and `finalize`; the result written to
+    `run_dir` as `train` does where `train` did not write it already (by the main process
+    alone under a data-parallel launch)."""
     if not shares_tuning(defense):
         raise ValueError(f"defense {defense.name!r} changes what tuning learns; it cannot share VanillaIT's tuning")
     entry = SharedTuning(key)
-    if entry.holds():
+    read_back = entry.holds()
+    if read_back:
         log.info("tuning: VanillaIT's tuning of this setting is shared, read back from %s", entry.path)
         result = replace(entry.load(model), shared_from=key)
         model.eval()
     else:
         result = train(model, dataset, config, run_dir, features, progress, None, resume)
-        entry.save(model, result)
+        if is_main_process():
+            entry.save(model, result)
     if defense is not None:
         result = replay_defense(model, dataset, config.seed, defense, result)
-    if run_dir is not None:
+    if run_dir is not None and is_main_process() and (read_back or defense is not None):
         save_tuning(run_dir, model, defense, result)
     return result
