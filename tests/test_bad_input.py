@@ -165,7 +165,7 @@ def run_until_tuning(overrides: list[str], config_path: Path, monkeypatch) -> Ex
     def tuning(*args, **kwargs):
         raise TuningStarted
 
-    monkeypatch.setattr("robustit.experiment.train", tuning)
+    monkeypatch.setattr(Experiment, "tune", tuning)
     experiment = Experiment(load_config([config_path] if config_path.exists() else None, overrides), progress=False)
     with pytest.raises(TuningStarted):
         experiment.run()
