@@ -16,6 +16,8 @@
     robustit bench overhead [--defense NAME] [--steps N]     tuning time of a defense / VanillaIT's
     robustit bench throughput [--steps N] [--out TABLE.md]  VanillaIT's tuning step by phase (seconds, FLOPs)
                                                              against a matmul's FLOP/s; batched generation's speed-up
+    robustit bench loading [--records N] [--out TABLE.md]    seconds and peak memory of loading a Karpathy JSON of
+                                                             N records, images decoded on access
     robustit bench grid --config GRID.yaml [--shard i/n] [--dry-run]
                                                              attacks x defenses x rates x seeds into the store
     robustit bench table --config GRID.yaml --out TABLE.md   a grid's table, from the result store alone
@@ -29,7 +31,7 @@
 
 Every tuning run (run, demo, bench attacks, defenses, grid) is recorded in the result store
 (--store, default results/), every scan of `bench detection` in its scans/ folder;
-`evaluate`, `scan`, `bench overhead` and `bench throughput` write no record.
+`evaluate`, `scan`, `bench overhead`, `bench throughput` and `bench loading` write no record.
 `--resume` (run, demo, bench grid) goes on with a killed run from its last checkpoint;
 `--skip-bad` leaves bad data records out, counted in metrics.json, instead of stopping.
 
@@ -51,6 +53,7 @@ from typing import Sequence
 import torch
 
 from robustit.atomic import write_atomic
+from robustit.bench.loading import DEFAULT_RECORDS
 from robustit.config import ExperimentConfig, load_config, packaged_config
 from robustit.defenses.byorn import THRESHOLDS
 from robustit.defenses.plausibility import SCORES
@@ -138,6 +141,9 @@ def _bench(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.sources and args.suite != "merge":
         raise ValueError(f"bench {args.suite} takes no positional arguments, got {[str(s) for s in args.sources]}")
+    if args.suite == "loading" and args.overrides:
+        raise ValueError(f"bench loading reads a fixture of its own and takes no --set or --skip-bad, "
+                         f"got {args.overrides}")
     if args.dry_run and args.suite not in ("grid", "detection"):
         raise ValueError(f"--dry-run lists the runs of bench grid and bench detection; bench {args.suite} has no plan to list")
     if args.suite in ("grid", "table", "report"):
@@ -187,6 +193,10 @@ def _bench(args: argparse.Namespace) -> int:
             from robustit.bench.throughput import run_throughput_benchmark
 
             run_throughput_benchmark(_steps(args), args.overrides, out)
+        elif args.suite == "loading":
+            from robustit.bench.loading import run_loading_benchmark
+
+            run_loading_benchmark(args.records, out)
         else:
             from robustit.bench.overhead import run_overhead_benchmark
 
@@ -265,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, action="append", default=[],
                      help="YAML file layered over the defaults (repeatable; later files win)")
     demo = sub.add_parser("demo", help="run the packaged demo experiment")
-    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, throughput, grid, table, "
-                                         "report, merge")
-    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "throughput", "grid", "table",
-                                         "report", "merge"])
+    bench = sub.add_parser("bench", help="benchmarks: attacks, defenses, detection, overhead, throughput, loading, grid, "
+                                         "table, report, merge")
+    bench.add_argument("suite", choices=["attacks", "defenses", "detection", "overhead", "throughput", "loading", "grid",
+                                         "table", "report", "merge"])
     bench.add_argument("sources", nargs="*", type=Path, help="merge: result stores (folders) to merge into --store")
     bench.add_argument("--config", type=Path, help="grid, table: the grid file (e.g. robustit/configs/grids/attacks.yaml); detection: its grid (default robustit/configs/grids/detection.yaml); report: its grid (default robustit/configs/grids/benchmark.yaml)")
     bench.add_argument("--shard", help="grid: run shard i of n, as i/n (0 <= i < n)")
@@ -282,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", type=int, help=f"overhead: tuning steps of each (default {DEFAULT_STEPS['overhead']}); "
                                                   "throughput: tuning steps measured after the warm-up (default "
                                                   f"{DEFAULT_STEPS['throughput']})")
+    bench.add_argument("--records", type=int, default=DEFAULT_RECORDS,
+                       help=f"loading: records in the fixture JSON (default {DEFAULT_RECORDS}; the cases that decode "
+                            "read a tenth)")
     bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite or grid name>/table.md); report: the "
                                                  f"report (default {DEFAULT_REPORT}), its figures in figures/ beside it")
     base = sub.add_parser("base-adapter", help="the base adapter of a config (default: the demo's): find, build or ship it")

@@ -131,11 +131,13 @@ class Experiment:
     def check(self) -> None:
         """Everything that can fail before the model is built, at once: both splits load
         (each bad record an error naming its file, record and field, or skipped under
-        data.skip_bad), neither is empty, and an attack with a poison rate above 0 poisons
-        some but not all of the training samples (a rate of 0 is the clean control: tuned on
-        clean data, evaluated with the attack's triggers)."""
+        data.skip_bad), neither is empty, every image decodes (taking `data_fingerprints`),
+        and an attack with a poison rate above 0 poisons some but not all of the training
+        samples (a rate of 0 is the clean control: tuned on clean data, evaluated with the
+        attack's triggers)."""
         n_train, n_test = len(self.train_samples), len(self.test_samples)
         log.info("data: %d training and %d test samples", n_train, n_test)
+        self.data_fingerprints
         rate = self.config.attack.poison_rate if self.config.attack is not None else 0
         if rate > 0:
             poisoned = len(self.attack.select_indices(n_train))
@@ -234,6 +236,14 @@ class Experiment:
                             self.progress, self.defense if defended else None, self.demonstration)
 
     @cached_property
+    def data_fingerprints(self) -> dict[str, str]:
+        """`samples_fingerprint` of the training and of the test samples: it decodes every
+        image, so an image that does not decode is an error naming its record here."""
+        train, test = self.train_samples, self.test_samples
+        with self.stage("data"):
+            return {"train_data": samples_fingerprint(train), "test_data": samples_fingerprint(test)}
+
+    @cached_property
     def inputs(self) -> dict[str, str | None]:
         """Hashes that identify what the run starts from: the starting model's weights, the
         base adapter file, the training and test data; taken when first asked, which `run`
@@ -242,8 +252,7 @@ class Experiment:
         return {
             "model_weights": weights_hash(model),
             "base_adapter": file_hash(self.base_dir / "trainable.safetensors") if self.base_dir is not None else None,
-            "train_data": samples_fingerprint(self.train_samples),
-            "test_data": samples_fingerprint(self.test_samples),
+            **self.data_fingerprints,
         }
 
     def run(self, store: ResultStore | None = None, resume: bool = False, replace: bool = False) -> RunDirectory:

@@ -165,7 +165,7 @@ def run_until_tuning(overrides: list[str], config_path: Path, monkeypatch) -> Ex
     def tuning(*args, **kwargs):
         raise TuningStarted
 
-    monkeypatch.setattr("robustit.experiment.train", tuning)
+    monkeypatch.setattr(Experiment, "tune", tuning)
     experiment = Experiment(load_config([config_path] if config_path.exists() else None, overrides), progress=False)
     with pytest.raises(TuningStarted):
         experiment.run()
@@ -259,12 +259,13 @@ def mimicit_file(folder: Path) -> tuple[str, str, dict, Path, Path, tuple[str, s
 ], ids=["missing", "zero-size", "truncated"])
 def test_every_file_loader_names_a_bad_image_alike(write, break_image, problem, tmp_path):
     """The record checks of robustit.data.records hold in every file format, with the same
-    message, and --skip-bad leaves the record out whole."""
+    message, at load or, for pixel data that does not decode, where the image is read; and
+    --skip-bad leaves the record out whole at load."""
     source, split, options, data_file, image, (record, field) = write(tmp_path)
     kept = len(load_split(source, split, options))
     break_image(image)
     with pytest.raises(DataError) as caught:
-        load_split(source, split, options)
+        [sample.image for sample in load_split(source, split, options)]
     assert (Path(caught.value.path), caught.value.record, caught.value.field) == (data_file, record, field)
     assert problem in caught.value.problem
     report = LoadReport()

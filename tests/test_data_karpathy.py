@@ -196,9 +196,10 @@ BAD_RECORDS = [
 
 @pytest.mark.parametrize("how, problem", BAD_RECORDS)
 def test_bad_record_error_names_file_record_and_filename(coco, how, problem):
+    """At load, or where the image is read for a file that exists but does not decode."""
     break_record(coco, 3, how)
     with pytest.raises(DataError) as caught:
-        load_karpathy(coco["json_path"], coco["image_root"], split="all")
+        [sample.image for sample in load_karpathy(coco["json_path"], coco["image_root"], split="all")]
     error = caught.value
     assert isinstance(error, ValueError)
     assert error.path == str(coco["json_path"])

@@ -150,7 +150,7 @@ class Attack(ABC):
         """A test-time copy of `sample` carrying the chosen triggers; response unchanged."""
         metadata = {**sample.metadata, "attack": self.name, "image_triggered": image, "text_triggered": text}
         return sample.replace(
-            image=self.apply_image(sample.image, sample.id) if image else sample.image,
+            image=self.apply_image(sample.image, sample.id) if image else sample.image_source,
             instruction=self.apply_text(sample.instruction) if text else sample.instruction,
             references=list(sample.references),
             metadata=metadata,

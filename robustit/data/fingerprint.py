@@ -3,7 +3,8 @@
 sha256 over, for each sample in order, the UTF-8 JSON of [id, instruction, response,
 references, [width, height]] followed by the image's raw RGB bytes, each piece prefixed by its
 length (8 bytes, big-endian) so that no two different sequences encode alike. It depends on
-nothing but the samples (no Python `hash()`), so it is stable across runs and machines.
+nothing but the samples (no Python `hash()`), so it is stable across runs and machines, and
+alike whether a sample holds its image or a reference to its file (decoded here, one at a time).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def samples_fingerprint(samples: Sequence[Sample]) -> str:
     """The sha256 hex digest identifying `samples` (see the module docstring)."""
     digest = hashlib.sha256(FINGERPRINT_VERSION)
     for sample in samples:
-        image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
+        image = sample.image
         header = json.dumps(
             [sample.id, sample.instruction, sample.response, list(sample.references), list(image.size)],
             ensure_ascii=True,

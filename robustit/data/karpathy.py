@@ -3,7 +3,8 @@
 The file is `{"images": [{"filepath"?, "filename", "split", "sentences": [{"raw", ...}],
 "cocoid"? | "imgid"?}, ...], "dataset": ...}`; an image lives at
 `image_root/filepath/filename` (COCO) or `image_root/filename` (Flickr30k). Split "train"
-includes Karpathy's "restval" images.
+includes Karpathy's "restval" images. A sample holds a reference to its image file, decoded on
+access (`robustit.data.image_ref`), so loading a split holds no pixels.
 
 Instructions (`robustit.data.instructions`): with `instructions="pool"` (default) each sample
 gets a captioning phrasing keyed by its id, from the held-out pool for split "test" and from
@@ -12,6 +13,7 @@ the training pool for every other split; `instructions="fixed"` gives every samp
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,12 @@ def load_karpathy(
 
     A bad record (wrong shape, missing or unreadable image, no non-empty caption, a duplicate
     id) raises `DataError` naming `json_path`, the record index and its filename, and the
-    field (`robustit.data.records`); with `skip_bad=True` it is skipped and recorded in
-    `report` (and logged). A file that is not a Karpathy JSON at all always raises. Ids are
-    "<dataset>-<cocoid | imgid | filename>". `instructions` is "pool" (a phrasing per sample
-    keyed by its id: held-out phrasings for split "test", training phrasings otherwise) or
-    "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for all).
+    field (`robustit.data.records`, which says what loading checks and what reading an image);
+    with `skip_bad=True` it is skipped and recorded in `report` (and logged). A file that is
+    not a Karpathy JSON at all always raises. Ids are "<dataset>-<cocoid | imgid | filename>".
+    `instructions` is "pool" (a phrasing per sample keyed by its id: held-out phrasings for
+    split "test", training phrasings otherwise) or "fixed" (`DEFAULT_CAPTION_INSTRUCTION` for
+    all).
     """
     if split not in KARPATHY_SPLITS:
         raise ValueError(f"unknown Karpathy split {split!r}; known: {', '.join(KARPATHY_SPLITS)}")
@@ -99,7 +102,7 @@ def _sample(
     filepath = record.get("filepath", "")
     if not isinstance(filepath, str):
         raise DataError(json_path, f"must be a string, got {filepath!r}", name, "filepath")
-    image_path = image_root / filepath / record["filename"]
+    image_path = os.path.join(image_root, filepath, record["filename"])
     image = loader.image(name, "filename", image_path)
     sample_id = f"{dataset}-{record.get('cocoid', record.get('imgid', record['filename']))}"
     return Sample(
@@ -109,5 +112,5 @@ def _sample(
         response=references[0],
         references=references,
         task="caption",
-        metadata={"source": dataset, "image_path": str(image_path), "split": record["split"]},
+        metadata={"source": dataset, "image_path": image_path, "split": record["split"]},
     )

@@ -7,7 +7,8 @@
 Human and gpt turns alternate, human first. Every gpt turn is one sample: its response is the
 gpt answer, its instruction the human question with the "<image>" placeholder removed, after
 the earlier turns as context (`robustit.data.conversation`); ids are "llava-<id>-<k>" for the
-k-th answer (from 0). The image lives at `image_root/<image>` and is decoded once per file.
+k-th answer (from 0). The image lives at `image_root/<image>`; the samples hold a reference to
+it, decoded on access (`robustit.data.image_ref`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ Each line is one sample whose response is its `answer`: the tuned turn. Its earl
 the records its `rel_ins_ids` name that come before it in the file, in file order; they become
 context in its instruction (`robustit.data.conversation`); related records that come later
 are later turns of the conversation and are not shown. The one image of `image_ids` lives at
-`image_root / images.format(image_id=...)`. Ids are "mimicit-<id>". Blank lines are ignored.
+`image_root / images.format(image_id=...)`; the sample holds a reference to it, decoded on
+access (`robustit.data.image_ref`). Ids are "mimicit-<id>". Blank lines are ignored.
 """
 from __future__ import annotations
 

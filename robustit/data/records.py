@@ -3,12 +3,19 @@ each bad input gets the same error wherever it comes from (DESIGN.md section 3).
 
 A loader reads its file with `read_json` (or `read_text`, and `parse_json` for each line of a
 JSONL file), builds each record's samples inside `RecordLoader.record(name)` and takes each
-field through a check: `text_field` for strings, `int_field` for integer ids, `open_image` for
-image files (`RecordLoader.image` decodes a file once for all the records that name it). A
-problem is a `DataError` naming the file, the record and the field; `RecordLoader` stops the
-load at the first one, or, with `skip_bad`, leaves that record out whole and counts it in its
-`LoadReport`. A file that cannot be read as a whole (missing, not UTF-8, not JSON, the wrong
-shape) always stops the load.
+field through a check: `text_field` for strings, `int_field` for integer ids,
+`RecordLoader.image` for image files. A problem is a `DataError` naming the file, the record
+and the field; `RecordLoader` stops the load at the first one, or, with `skip_bad`, leaves that
+record out whole and counts it in its `LoadReport`. A file that cannot be read as a whole
+(missing, not UTF-8, not JSON, the wrong shape) always stops the load.
+
+Images are not decoded while loading: a sample holds an `ImageRef` to its file and decodes it
+when its `image` is read (`robustit.data.image_ref`). Loading checks each file once however
+many records name it (`robustit.data.images.check_image`): that it exists and is not empty,
+one `stat`. The other image problems below show when the file is decoded, as an error naming
+the record where its image is read (`Experiment.check` reads every image before the model is
+built); with `skip_bad` loading decodes each file once (keeping no pixels), so that such a
+record is skipped and counted too.
 
 What each problem reads as (after "<file>, <record>, <field>: "):
 
@@ -32,17 +39,14 @@ Greyscale, palette, CMYK, YCbCr and alpha images are converted to RGB (alpha dro
 from __future__ import annotations
 
 import json
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from PIL import Image, UnidentifiedImageError
-
 from robustit.data.errors import DataError, LoadReport
+from robustit.data.image_ref import ImageRef
+from robustit.data.images import check_image
 from robustit.data.sample import Sample
-
-UNCONVERTED_MODES = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
 def read_text(path: str | Path) -> str:
@@ -92,35 +96,6 @@ def int_field(path: str | Path, record: str, field: str, value: Any) -> int:
     return value
 
 
-def open_image(path: str | Path, record: str, field: str, image_path: str | Path, mode: str = "RGB") -> Image.Image:
-    """The image file `image_path` that record `record` of data file `path` names in `field`,
-    decoded and converted to `mode`; a DataError for every problem in the module docstring."""
-    image_path = Path(image_path)
-
-    def fail(problem: str) -> DataError:
-        return DataError(path, problem, record, field)
-
-    if not image_path.is_file():
-        raise fail(f"image file not found: {image_path}")
-    if image_path.stat().st_size == 0:
-        raise fail(f"image file is empty (0 bytes): {image_path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(image_path) as image:
-                if image.mode in UNCONVERTED_MODES:
-                    raise fail(f"image mode {image.mode!r} (16-bit or float samples) is not converted; save it as 8-bit "
-                               f"RGB: {image_path}")
-                return image.convert(mode)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        pixels = str(error).split(",")[0]
-        raise fail(f"image too large ({pixels}; PIL.Image.MAX_IMAGE_PIXELS sets the limit): {image_path}") from None
-    except UnidentifiedImageError:
-        raise fail(f"unreadable image {image_path} (not an image file PIL can read)") from None
-    except OSError as error:
-        raise fail(f"unreadable image {image_path} ({error})") from None
-
-
 class RecordLoader:
     """The samples of one data file, built record by record (see the module docstring).
 
@@ -139,7 +114,7 @@ class RecordLoader:
         self.limit = limit
         self.samples: list[Sample] = []
         self._first: dict[str, str] = {}
-        self._images: dict[Path, Image.Image] = {}
+        self._checked: set[str] = set()
 
     @property
     def full(self) -> bool:
@@ -157,13 +132,14 @@ class RecordLoader:
             del self.samples[kept:]
             self.reject(error)
 
-    def image(self, record: str, field: str, image_path: str | Path) -> Image.Image:
-        """`open_image` of the file that `record` names in `field`, as RGB, decoded once: the
-        records that name one file (the questions about one picture) share the decoded copy."""
-        image_path = Path(image_path)
-        if image_path not in self._images:
-            self._images[image_path] = open_image(self.path, record, field, image_path)
-        return self._images[image_path]
+    def image(self, record: str, field: str, image_path: str | Path) -> ImageRef:
+        """A reference to the image file that `record` names in `field`, the file checked once
+        for all the records that name it (`check_image`; decoded as well under `skip_bad`)."""
+        image_path = str(image_path)
+        if image_path not in self._checked:
+            check_image(self.path, record, field, image_path, decode=self.skip_bad)
+            self._checked.add(image_path)
+        return ImageRef(image_path, self.path, record, field)
 
     def reject(self, error: DataError) -> None:
         """A bad record: raise `error`, or with `skip_bad` count it in the report."""

@@ -52,7 +52,8 @@ from PIL import Image
 
 from robustit.data.errors import DataError, LoadReport
 from robustit.data.instructions import caption_instruction, check_instruction_mode
-from robustit.data.records import RecordLoader, open_image, read_text, text_field
+from robustit.data.images import open_image
+from robustit.data.records import RecordLoader, read_text, text_field
 from robustit.data.sample import Sample
 
 DEFAULT_STAMP_ROOT = Path("/usr/share/tuxpaint/stamps")

@@ -11,8 +11,8 @@
 annotations and cannot be loaded. Each question is one sample: its instruction is
 `vqa_instruction(question)`, its `references` are the non-empty human answers (ten in VQAv2), its
 `response` the annotation's `multiple_choice_answer` (where absent, the most frequent answer,
-the first of those tied), its task "vqa"; its image is decoded once and shared by every
-question about it.
+the first of those tied), its task "vqa"; its image is a reference to the file, decoded on
+access (`robustit.data.image_ref`: the questions about one image share the decoded copy).
 """
 from __future__ import annotations
 
