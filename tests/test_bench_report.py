@@ -9,8 +9,8 @@ from robustit.store import ResultStore, make_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMAND = "robustit bench report --store results --out docs/benchmark.md"
-SECONDS = {"vanilla": 100.0, "byorn": 150.0, "robustit:gamma=0.8": 300.0, "aar": 110.0}
-EVALUATION_SECONDS = {"vanilla": 10.0, "byorn": 25.0, "robustit:gamma=0.8": 10.0, "aar": 10.0}
+SECONDS = {"vanilla": 100.0, "byorn": 150.0, "robustit:gamma=0.8": 300.0, "aar": 110.0, "strip": 170.0}
+EVALUATION_SECONDS = {"vanilla": 10.0, "byorn": 25.0, "robustit:gamma=0.8": 10.0, "aar": 10.0, "strip": 40.0}
 # (attack, poison rate, defense variant, seed) -> (ASR, CIDEr); the grid below lists these runs and one more,
 # sig with vanilla at seed 1, which the store lacks
 RESULTS = {
@@ -229,3 +229,14 @@ def test_training_curves_show_one_run_per_variant_that_records_them_badnets_and_
     assert list(runs) == ["VanillaIT", "robustit:gamma=0.8"]
     assert runs["VanillaIT"][0] == "badnets, rate 0.1, seed 0" and "idr_text" not in runs["VanillaIT"][1]
     assert runs["robustit:gamma=0.8"][1]["idr_text"] == [0.5, 0.2]
+
+
+def test_a_test_time_defense_costs_no_tuning_overhead_whatever_its_copy_of_vanillas_tuning_took(tmp_path):
+    spec = write_grid(tmp_path, {"name": "shared", "blocks": [
+        {"attacks": ["badnets"], "defenses": ["vanilla", "strip"], "poison_rates": [0.1], "seeds": [0]}]})
+    store = ResultStore(tmp_path / "results")
+    fill(store, spec, {("badnets", 0.1, "vanilla", 0): (90.0, 60.0), ("badnets", 0.1, "strip", 0): (80.0, 60.0)})
+    out = tmp_path / "benchmark.md"
+    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    rows = {row["defense"]: row for row in table_after(out.read_text(), "## Leaderboard, poison rate 0.1")}
+    assert rows["strip"]["overhead"] == "1.00" and rows["strip"]["test-time overhead"] == "4.00"

@@ -17,7 +17,9 @@ clean group; the others are grouped by attack and poison rate. The report holds
                      clean-data CIDEr               mean CIDEr of v's runs in the clean group
                      overhead = sum_p T_v(p) / sum_p T_vanilla(p), T = train.seconds, over
                                 the pairs p of a run of v and VanillaIT's run of the same
-                                attack, rate and seed
+                                attack, rate and seed; a run of a test-time-only defense
+                                (`robustit.train.shared.shares_tuning`) counts T_vanilla(p):
+                                its tuning is VanillaIT's, whatever that tuning's seconds were
                      test-time overhead = the same ratio of timings.evaluation (the
                                 evaluation's seconds: a test-time defense's cost is there)
                      extra passes/step = mean over v's runs of train.extra_forward_passes /
@@ -48,8 +50,10 @@ from robustit.bench.grid import GridRun, GridSpec, grid_runs
 from robustit.bench.tables import (ATTACK_COLUMNS, DETECTION_COLUMNS, SEVERAL_SEEDS_NOTE, TASK_COLUMNS, cell, cells, metric,
                                    run_columns, stored_settings, write_rendered)
 from robustit.config import PACKAGED_CONFIGS
+from robustit.defenses import build_defense
 from robustit.report import markdown_table
 from robustit.store import ResultStore
+from robustit.train.shared import shares_tuning
 
 BENCHMARK_GRID = PACKAGED_CONFIGS / "grids" / "benchmark.yaml"
 BENCHMARK_RATE = 0.1
@@ -123,9 +127,16 @@ def attack_tables(found: Sequence[Setting]) -> str:
 
 
 def _overhead(runs: Sequence[tuple[GridRun, dict[str, Any]]], vanilla: dict[tuple[str, float, int], dict[str, Any]],
-              seconds: Sequence[str]) -> float | None:
-    pairs = [(metric(record["metrics"], seconds), metric(partner["metrics"], seconds)) for run, record in runs
-             if (partner := vanilla.get((run.attack, run_rate(run), run.seed))) is not None]
+              seconds: Sequence[str], shared_counts_as_vanilla: bool = False) -> float | None:
+    pairs = []
+    for run, record in runs:
+        partner = vanilla.get((run.attack, run_rate(run), run.seed))
+        if partner is None:
+            continue
+        theirs = metric(partner["metrics"], seconds)
+        shared = shared_counts_as_vanilla and shares_tuning(
+            build_defense(run.config.defense) if run.config.defense is not None else None)
+        pairs.append((theirs if shared else metric(record["metrics"], seconds), theirs))
     timed = [(mine, theirs) for mine, theirs in pairs if mine is not None and theirs]
     return sum(mine for mine, _ in timed) / sum(theirs for _, theirs in timed) if timed else None
 
@@ -157,7 +168,7 @@ def _leaderboard_row(variant: str, at_rate: Sequence[Setting], clean: Sequence[S
         "worst ASR": "-" if worst is None else f"{worst:.1f} ({', '.join(a for a, v in asr.items() if v == worst)})",
         "mean CIDEr": cell([cider], 1),
         "clean-data CIDEr": cell([mean_metric((m for s in clean for m in s.metrics), PATHS["CIDEr"])], 1),
-        "overhead": cell([_overhead([r for s in at_rate for r in s.runs], vanilla, ("train", "seconds"))], 2),
+        "overhead": cell([_overhead([r for s in at_rate for r in s.runs], vanilla, ("train", "seconds"), True)], 2),
         "test-time overhead": cell([_overhead([r for s in at_rate for r in s.runs], vanilla, ("timings", "evaluation"))], 2),
         "extra passes/step": cell([extra_passes_per_step(m for s in at_rate for m in s.metrics)], 2),
     }
