@@ -178,7 +178,11 @@ class Experiment:
 
     @cached_property
     def defense(self) -> Defense | None:
-        return build_defense(self.config.defense) if self.config.defense is not None else None
+        if self.config.defense is None:
+            return None
+        defense = build_defense(self.config.defense)
+        defense.show_progress(self.progress)
+        return defense
 
     @cached_property
     def demonstration(self) -> Sample | None:

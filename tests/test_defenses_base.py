@@ -254,6 +254,13 @@ def test_pipeline_records_the_defense(karpathy, tmp_path, fast_captions):
     assert defense_line(None) == "Defense: none (VanillaIT)."
 
 
+def test_a_composite_turns_its_members_progress_bars_on_and_off():
+    stack = build_defense(DefenseConfig("stack", {"members": [{"name": "idr"}, {"name": "prompt-filter"}]}))
+    assert not stack.progress and not any(d.progress for d in stack.defenses)
+    stack.show_progress(True)
+    assert stack.progress and all(d.progress for d in stack.defenses)
+
+
 def test_a_stack_runs_the_members_its_config_names_with_their_full_settings():
     stack = build_defense(DefenseConfig("stack", {"members": [{"name": "idr", "params": {"alpha": 0.5}}, {"name": "aar"}]}))
     idr, aar = stack.defenses

@@ -162,6 +162,16 @@ def test_influence_end_to_end_on_the_tiny_model(tiny_model):
         assert defense.filter_input(sample).instruction == expected != sample.instruction
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_influence_shows_its_passes_as_progress_bars_only_when_asked(tiny_model, capsys, on):
+    defense = prompt_filter_of(max_new_tokens=2, batch_size=4)
+    defense.show_progress(on)
+    with defense.inference(tiny_model):
+        defense.filter_inputs([with_instruction("Describe the image briefly.")])
+    shown = capsys.readouterr().err
+    assert ("prompt filter: responses" in shown and "prompt filter: span removals" in shown) == on
+
+
 def test_filter_inputs_never_see_poison_metadata(tiny_model, monkeypatch):
     seen = []
     original = PromptFilter.filter_inputs

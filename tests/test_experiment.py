@@ -228,3 +228,9 @@ def test_a_clean_run_without_an_attack_is_recorded_with_quality_only(karpathy, t
     assert "asr" not in metrics and "CIDEr" in metrics["caption"] and run_dir.load_manifest() is None
     assert store.get(config.config_hash())["config"]["attack"] is None
     assert "## Attack" not in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_defense_shows_progress_bars_as_the_experiment_does(progress):
+    experiment = Experiment(load_config(None, ["defense.name=prompt-filter"]), progress=progress)
+    assert experiment.defense.progress is progress

@@ -196,6 +196,12 @@ class Defense:
             raise ValueError(f"{type(self).__name__} is defense {self.name!r}, config names {config.name!r}")
         self.label = f"defense {self.name!r}"
         self.params: dict[str, Any] = resolve_params(self.label, self.defaults, config.params)
+        self.progress = False
+
+    def show_progress(self, on: bool) -> None:
+        """Whether the defense's own long work (outside the loop's steps and the evaluator's
+        generations, which have their bars) shows progress bars; off by default."""
+        self.progress = on
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": dict(self.params)}

@@ -61,6 +61,11 @@ class Composite(Defense):
     def extra_forward_passes(self) -> int:
         return sum(defense.extra_forward_passes for defense in self.defenses)
 
+    def show_progress(self, on: bool) -> None:
+        super().show_progress(on)
+        for defense in self.defenses:
+            defense.show_progress(on)
+
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         for defense in self.defenses:
             defense.prepare(model, dataset)

@@ -228,7 +228,8 @@ class PromptFilter(Defense):
             return deltas
         with frozen(self.model):
             responses: list[str] = []
-            for chunk in batches([samples[i] for i in scored], self.batch_size, "prompt filter", False):
+            for chunk in batches([samples[i] for i in scored], self.batch_size, "prompt filter: responses",
+                                 self.progress):
                 texts, passes = greedy_responses(self.model, self.features, chunk, self.max_new_tokens)
                 responses += texts
                 self.stats.passes += passes
@@ -246,7 +247,8 @@ class PromptFilter(Defense):
 
     def response_nll(self, variants: list[Sample]) -> np.ndarray:
         """NLL(response | image, instruction) of each variant (its mean token NLL), in batches."""
-        nll = [float(tokens.mean()) for batch in batches(variants, self.batch_size, "prompt filter", False)
+        nll = [float(tokens.mean()) for batch in batches(variants, self.batch_size, "prompt filter: span removals",
+                                                           self.progress)
                for tokens in token_nll(self.model, self.features, [s.image for s in batch], batch)]
         self.stats.passes += math.ceil(len(variants) / self.batch_size)
         return np.array(nll)
