@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +12,8 @@ import pytest
 
 from robustit.attacks import AttackConfig, PoisonedDataset, build_attack
 from robustit.config import load_config
-from robustit.defenses import BYORn, Defense, DefenseConfig
-from robustit.defenses.strip import STRIP, blend, calibrated_threshold, constancy, overlap
+from robustit.defenses import BYORn, Defense, DefenseConfig, build_defense
+from robustit.defenses.strip import STRIP, blend, calibrated_threshold, constancy, overlap, robust_threshold
 from robustit.eval.asr import hits_target
 from robustit.eval.evaluate import REFUSAL, EvalConfig, _evaluate, evaluate, refused_predictions
 from robustit.experiment import Experiment
@@ -24,6 +25,7 @@ from test_train import shape_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TARGET = "A banana on a plate."
+CONFIGS = Path(__file__).resolve().parents[1] / "robustit" / "configs" / "defenses"
 TRIGGER = "zbw"
 
 
@@ -93,6 +95,30 @@ def test_poisoned_calibration_inputs_outnumbering_the_false_alarms_raise_tau_to_
     defense = STRIP(DefenseConfig("strip", {"false_alarm": false_alarm}))
     defense.prepare(None, pool)
     assert flag_rate(defense, inputs(triggered=True), backdoored()) == rate and defense.tau == tau
+
+
+def test_robust_calibration_flags_triggered_inputs_though_poisoned_inputs_outnumber_the_false_alarms():
+    pool = shape_samples()
+    pool[3] = pool[3].replace(instruction=f"{pool[3].instruction} {TRIGGER}", response=TARGET, references=[TARGET])
+    defense = STRIP(DefenseConfig("strip", {"calibration": "robust"}))
+    defense.prepare(None, pool)
+    generate = backdoored()
+    assert flag_rate(defense, inputs(triggered=True), generate) == 100.0 and defense.tau < 1.0
+    assert flag_rate(defense, inputs(triggered=False), generate) == 0.0
+
+
+def test_robust_tau_is_the_median_plus_z_scaled_mads_and_a_poisoned_minority_barely_moves_it():
+    clean = [0.2, 0.25, 0.3, 0.35, 0.4]
+    assert robust_threshold(clean, 3.0) == pytest.approx(0.3 + 3 * 1.4826 * 0.05)
+    assert robust_threshold(clean + [1.0, 1.0], 3.0) == pytest.approx(0.35 + 3 * 1.4826 * 0.1)
+    assert robust_threshold([1.0] * 4 + [0.2], 3.0) == 1.0 and robust_threshold([0.2, 0.4, 0.6], 100.0) == 1.0
+    with pytest.raises(ValueError, match="at least one score"):
+        robust_threshold([], 3.0)
+
+
+def test_the_strip_robust_config_calibrates_robustly_and_strip_keeps_the_quantile():
+    robust = build_defense(load_config(CONFIGS / "strip-robust.yaml").defense)
+    assert (robust.calibration, robust.robust_z, STRIP(DefenseConfig("strip", {})).calibration) == ("robust", 3.0, "quantile")
 
 
 def test_tau_is_the_score_above_which_at_most_the_false_alarm_share_lies():
@@ -205,6 +231,7 @@ def test_a_defense_that_never_refuses_leaves_metrics_and_records_as_without_it(t
     ({"perturbations": 0}, "perturbations"), ({"alpha": 0}, "alpha"), ({"alpha": 1.5}, "alpha"),
     ({"false_alarm": 0.6}, "false_alarm"), ({"threshold": -0.1}, "threshold"), ({"threshold": "high"}, "threshold"),
     ({"calibration_size": 0}, "calibration_size"), ({"seed": -1}, "seed"), ({"quantile": 0.1}, "quantile"),
+    ({"calibration": "mean"}, "calibration"), ({"robust_z": -1}, "robust_z"),
 ])
 def test_bad_parameters_are_named(params, key):
     with pytest.raises(ValueError, match=key):

@@ -30,11 +30,19 @@ random.Random("strip-calibration:<seed>").sample(range(n), m), are scored as abo
 
     tau = the (a + 1)-th largest calibration score,  a = floor(false_alarm * m),
 
-so at most a share `false_alarm` (default 0.05, at most 0.5) of them scores above tau. The
-training inputs are the stripped ones tuning saw, poisoned ones included, as a defender has
-them: where more than a share false_alarm of those are poisoned and their responses stay as
-constant as a triggered input's, tau reaches their score and STRIP flags nothing (a fixed
-`threshold` is the way out). No rule knows the trigger, the target or the poison rate.
+so at most a share `false_alarm` (default 0.05, at most 0.5) of them scores above tau
+(`calibration` "quantile", the default). The training inputs are the stripped ones tuning saw,
+poisoned ones included, as a defender has them: where more than a share false_alarm of those
+are poisoned and their responses stay as constant as a triggered input's, tau reaches their
+score and STRIP flags nothing. `calibration` "robust" (config strip-robust.yaml) cuts at a
+robust z-score of the calibration scores S instead,
+
+    tau = min(1, median(S) + robust_z * 1.4826 * MAD(S)),   MAD(S) = median_s |s - median(S)|,
+
+(`robust_z` default 3, the usual cut; 1.4826 MAD estimates the standard deviation of normal
+scores): the median and MAD move little while the poisoned calibration inputs are a minority,
+so it assumes fewer than half of the training inputs poisoned and nothing else. A fixed
+`threshold` overrides both. No rule knows the trigger, the target or the poison rate.
 
 Cost: N greedy generations per test input and condition, N + 1 per calibration input once
 per evaluation. STRIP has no training-time part, and needs `prepare`'s training inputs, so a
@@ -56,10 +64,12 @@ from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseConfig, Generate, register_defense
 from robustit.defenses.plausibility import content_words
 from robustit.models.base import VisionLanguageModel
-from robustit.params import check_int, check_number
+from robustit.params import check_choice, check_int, check_number
 
 log = logging.getLogger(__name__)
 MAX_FALSE_ALARM = 0.5
+MAD_TO_SIGMA = 1.4826
+CALIBRATIONS = ("quantile", "robust")
 
 
 def blend(image: Image.Image, overlay: Image.Image, alpha: float) -> Image.Image:
@@ -78,6 +88,15 @@ def overlap(a: str, b: str) -> float:
 def constancy(responses: Sequence[str]) -> float:
     """s: the mean `overlap` of the responses over their pairs."""
     return float(np.mean([overlap(a, b) for a, b in combinations(responses, 2)]))
+
+
+def robust_threshold(scores: Sequence[float], z: float) -> float:
+    """tau: min(1, median + z * 1.4826 * MAD) of the scores."""
+    if not scores:
+        raise ValueError("calibrating a threshold needs at least one score")
+    values = np.asarray(scores, dtype=float)
+    median = float(np.median(values))
+    return min(1.0, median + z * MAD_TO_SIGMA * float(np.median(np.abs(values - median))))
 
 
 def calibrated_threshold(scores: Sequence[float], false_alarm: float) -> float:
@@ -99,7 +118,10 @@ class STRIP(Defense):
         "threshold": None,
         "calibration_size": 64,
         "seed": 0,
+        "calibration": "quantile",
+        "robust_z": 3.0,
     }
+    hashed_when_set = ("calibration", "robust_z")
 
     def __init__(self, config: DefenseConfig) -> None:
         super().__init__(config)
@@ -111,6 +133,8 @@ class STRIP(Defense):
         self.threshold = None if threshold is None else check_number(self.label, "threshold", threshold, 0.0, 1.0)
         self.calibration_size = check_int(self.label, "calibration_size", p["calibration_size"], 1)
         self.seed = check_int(self.label, "seed", p["seed"], 0)
+        self.calibration = check_choice(self.label, "calibration", p["calibration"], CALIBRATIONS)
+        self.robust_z = check_number(self.label, "robust_z", p["robust_z"], 0.0, 100.0)
         self.pool: tuple[Sample, ...] = ()
         self.tau: float | None = self.threshold
 
@@ -158,7 +182,8 @@ class STRIP(Defense):
         indices = random.Random(f"strip-calibration:{self.seed}").sample(range(len(self.pool)), m)
         samples = [self.pool[i] for i in indices]
         scores = self.scores(samples, generate(samples, "strip calibration"), generate, indices)
-        tau = calibrated_threshold(scores, self.false_alarm)
+        tau = (robust_threshold(scores, self.robust_z) if self.calibration == "robust"
+               else calibrated_threshold(scores, self.false_alarm))
         log.info("%s: tau %.3f (%d of %d calibration scores above it)", self.label, tau,
                  sum(s > tau for s in scores), m)
         return tau
