@@ -261,6 +261,12 @@ def test_a_composite_turns_its_members_progress_bars_on_and_off():
     assert stack.progress and all(d.progress for d in stack.defenses)
 
 
+def test_a_composite_reports_the_test_time_stats_of_the_members_that_have_any():
+    stack = build_defense(DefenseConfig("stack", {"members": [{"name": "idr"}, {"name": "prompt-filter"}]}))
+    stack.defenses[1].stats.inputs = 3
+    assert stack.test_time_stats() == {"prompt-filter": {"inputs": 3, "modified": 0, "passes": 0, "removed": {}}}
+
+
 def test_a_stack_runs_the_members_its_config_names_with_their_full_settings():
     stack = build_defense(DefenseConfig("stack", {"members": [{"name": "idr", "params": {"alpha": 0.5}}, {"name": "aar"}]}))
     idr, aar = stack.defenses

@@ -162,6 +162,13 @@ def test_influence_end_to_end_on_the_tiny_model(tiny_model):
         assert defense.filter_input(sample).instruction == expected != sample.instruction
 
 
+def test_the_filters_counts_reach_the_metrics_of_the_evaluation(tiny_model):
+    defense = prompt_filter_of(method="blacklist", tokens=["zbw"])
+    test = [with_instruction("Describe the image zbw."), with_instruction("Describe the image.")]
+    metrics, _ = evaluate(tiny_model, test, None, EvalConfig(max_new_tokens=2), FeatureCache(tiny_model), False, defense)
+    assert metrics["defense_test_time"] == {"inputs": 2, "modified": 1, "passes": 0, "removed": {"zbw": 1}}
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_influence_shows_its_passes_as_progress_bars_only_when_asked(tiny_model, capsys, on):
     defense = prompt_filter_of(max_new_tokens=2, batch_size=4)

@@ -263,6 +263,9 @@ def test_strip_sees_no_poison_information_and_keeps_no_perturbed_features(tiny_m
     features = FeatureCache(tiny_model)
     metrics, records = evaluate(tiny_model, test, attack, EvalConfig(max_new_tokens=2), features, False, defense)
     assert len(seen) == 4 * 3 and len(defense.pool) == 8
+    calibration = metrics["defense_test_time"]["calibration"]
+    assert metrics["defense_test_time"]["tau"] == defense.tau and calibration["n"] == 4
+    assert calibration["above_tau"] == sum(s > defense.tau for s in defense.calibration_scores) == 0
     assert all(s.metadata == {} and s.references == [s.response] for s in [*seen, *defense.pool])
     assert sum(s.response == attack.target for s in defense.pool) == 2
     assert len(features) == 2 * 3, "the clean and triggered test images only"
@@ -279,6 +282,7 @@ def test_a_run_with_strip_reports_refusals_beside_asr(karpathy, tmp_path, monkey
     run_dir = Experiment(load_config(None, overrides), progress=False).run()
     metrics = run_dir.load_metrics()
     assert metrics["defense"]["params"]["threshold"] == 0.0 and "refusal" not in metrics["base"]
+    assert metrics["defense_test_time"] == {"tau": 0.0}, "a fixed threshold is not calibrated"
     assert not any("refused" in r for r in run_dir.load_predictions("base_clean"))
     for name in ("clean", "full", "image_only", "text_only"):
         records = run_dir.load_predictions(name)

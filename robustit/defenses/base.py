@@ -257,6 +257,11 @@ class Defense:
         `generate(samples, label) -> responses`; None: this defense never refuses."""
         return None
 
+    def test_time_stats(self) -> dict[str, Any]:
+        """What its test-time part did in the last `inference` block (counts, a calibrated
+        threshold), kept in the run's metrics under "defense_test_time"; {} where nothing."""
+        return {}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that, with the model's trainable weights, rebuild the defended model."""
         return {}

@@ -116,6 +116,9 @@ class Composite(Defense):
                 stack.enter_context(defense.inference(model))
             yield
 
+    def test_time_stats(self) -> dict[str, Any]:
+        return {defense.name: stats for defense in self.defenses if (stats := defense.test_time_stats())}
+
     def filter_input(self, sample: Sample) -> Sample:
         return self.filter_inputs([sample])[0]
 

@@ -188,6 +188,9 @@ class PromptFilter(Defense):
             self.model = self.features = None
             log.info("%s (%s): %s", self.label, self.method, self.stats.as_dict())
 
+    def test_time_stats(self) -> dict[str, Any]:
+        return self.stats.as_dict()
+
     def filter_input(self, sample: Sample) -> Sample:
         return self.filter_inputs([sample])[0]
 

@@ -55,7 +55,7 @@ import math
 import random
 from contextlib import contextmanager
 from itertools import combinations
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -137,6 +137,7 @@ class STRIP(Defense):
         self.robust_z = check_number(self.label, "robust_z", p["robust_z"], 0.0, 100.0)
         self.pool: tuple[Sample, ...] = ()
         self.tau: float | None = self.threshold
+        self.calibration_scores: list[float] = []
 
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         """Keep the stripped training inputs: the overlays and the calibration set."""
@@ -148,7 +149,7 @@ class STRIP(Defense):
     @contextmanager
     def inference(self, model: VisionLanguageModel) -> Iterator[None]:
         """Calibrate tau afresh (where not fixed) for the evaluation in the block."""
-        self.tau = self.threshold
+        self.tau, self.calibration_scores = self.threshold, []
         yield
 
     def refuse(self, samples: Sequence[Sample], responses: Sequence[str], generate: Generate) -> list[bool]:
@@ -158,6 +159,18 @@ class STRIP(Defense):
         if self.tau is None:
             self.tau = self.calibrate(generate)
         return [score > self.tau for score in self.scores(samples, responses, generate, [None] * len(samples))]
+
+    def test_time_stats(self) -> dict[str, Any]:
+        """tau as used, and where it was calibrated: how many calibration scores lie above it,
+        and their median and maximum."""
+        if self.tau is None:
+            return {}
+        stats: dict[str, Any] = {"tau": self.tau}
+        if self.calibration_scores:
+            scores = self.calibration_scores
+            stats["calibration"] = {"n": len(scores), "above_tau": sum(s > self.tau for s in scores),
+                                    "median": float(np.median(scores)), "max": max(scores)}
+        return stats
 
     def overlay_indices(self, key: str, own: int | None) -> list[int]:
         """The training indices of an input's N overlays (its own index `own` left out)."""
@@ -184,6 +197,7 @@ class STRIP(Defense):
         scores = self.scores(samples, generate(samples, "strip calibration"), generate, indices)
         tau = (robust_threshold(scores, self.robust_z) if self.calibration == "robust"
                else calibrated_threshold(scores, self.false_alarm))
+        self.calibration_scores = scores
         log.info("%s: tau %.3f (%d of %d calibration scores above it)", self.label, tau,
                  sum(s > tau for s in scores), m)
         return tau

@@ -106,6 +106,8 @@ def evaluate(
 
     with defense.inference(model) if defense is not None else nullcontext():
         metrics, records = _evaluate(test, attack, run)
+    if defense is not None and (stats := defense.test_time_stats()):
+        metrics["defense_test_time"] = stats
     if demonstration is not None:
         metrics["demonstration"] = {"id": demonstration.id, "instruction": demonstration.instruction,
                                     "response": demonstration.response}
