@@ -15,15 +15,16 @@ from robustit.store import ResultStore
 GRID = Path(__file__).resolve().parents[1] / "robustit" / "configs" / "grids" / "vqa.yaml"
 
 
-def test_the_vqa_grid_is_vanilla_and_byorn_under_trojvqa_on_the_embedded_vqa_set():
+def test_the_vqa_grid_is_vanilla_and_the_working_defenses_under_trojvqa_on_the_embedded_vqa_set():
     runs = grid_runs(load_grid(GRID))
     assert [(run.attack, run.defense, run.poison_rate, run.seed) for run in runs] == [
-        ("trojvqa", "vanilla", 0.1, 0), ("trojvqa", "byorn", 0.1, 0)]
+        ("trojvqa", "vanilla", 0.1, 0), ("trojvqa", "byorn", 0.1, 0), ("trojvqa", "robustit-repaired", 0.1, 0)]
     for run in runs:
         config = run.config
         assert config.data.source == "stampcaps_vqa" and config.attack.name == "trojvqa"
         assert config.attack.target == "banana" and config.eval.max_new_tokens == 8
     assert runs[0].config.defense is None and runs[1].config.defense.name == "byorn"
+    assert runs[2].config.defense.name == "idr" and runs[2].config.defense.params["instruction_swap"] == 1.0
 
 
 def test_the_vqa_task_starts_from_the_base_adapter_of_the_demo():
