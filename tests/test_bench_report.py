@@ -58,6 +58,8 @@ def record(run: GridRun, asr: float, cider: float) -> dict:
         "timings": {"evaluation": EVALUATION_SECONDS[run.defense]},
         **({"detection": {"n_flagged": 82 + seed, "precision": 91.5, "recall": 93.75, "auroc": 0.9963}}
            if run.defense == "byorn" else {}),
+        **({"refusal": {"full": {"rate": 100.0 - asr, "n": 20}, "clean": {"rate": 5.0, "n": 20}}}
+           if run.defense == "strip" else {}),
     }
     return make_record(run.config, metrics, {"train_data": "fake"})
 
@@ -240,3 +242,21 @@ def test_a_test_time_defense_costs_no_tuning_overhead_whatever_its_copy_of_vanil
     render_report(spec, store, out, tmp_path / "figures", COMMAND)
     rows = {row["defense"]: row for row in table_after(out.read_text(), "## Leaderboard, poison rate 0.1")}
     assert rows["strip"]["overhead"] == "1.00" and rows["strip"]["test-time overhead"] == "4.00"
+
+
+def test_refusal_table_gives_a_test_time_detectors_detection_and_false_alarm_rates_and_asr_after_refusal(tmp_path):
+    spec = write_grid(tmp_path, {"name": "refusing", "blocks": [
+        {"attacks": ["badnets"], "defenses": ["vanilla", "strip"], "poison_rates": [0.1], "seeds": [0]}]})
+    store = ResultStore(tmp_path / "results")
+    fill(store, spec, {("badnets", 0.1, "vanilla", 0): (90.0, 60.0), ("badnets", 0.1, "strip", 0): (4.0, 60.0)})
+    out = tmp_path / "benchmark.md"
+    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    text = out.read_text()
+    assert "No stored run has detection metrics" in text
+    rows = table_after(text, "No stored run has detection metrics (no data-side defense was run).")
+    assert rows == [{"attack": "badnets", "rate": "0.1", "defense": "strip", "n seeds": "1",
+                     "refused trig.": "96.0", "refused clean": "5.0", "ASR": "4.0"}]
+
+
+def test_a_report_without_a_test_time_detector_says_so(rendered):
+    assert "No stored run has refusals (no test-time detector was run)." in rendered.read_text()

@@ -29,7 +29,9 @@ clean group; the others are grouped by attack and poison rate. The report holds
                  highest first
     tables       per group, a row per setting: the attack, quality and tuning-time columns
                  (`robustit.bench.tables.run_columns`) and the number of seeds stored
-    detection    a row per setting with detection metrics (data-side defenses)
+    detection    a row per setting with detection metrics (data-side defenses: flags on the
+                 training set) and a row per setting with refusals (test-time detectors:
+                 refused triggered and clean test inputs, and the ASR after refusal)
     figures      `robustit.bench.report_figures` (the training curves of one run per variant,
                  `training_curve_runs`, where records hold train.curves), as PNGs in the figures folder linked relative
                  to the report; a figure the store has no data for is named as skipped
@@ -47,8 +49,8 @@ from typing import Any, Iterable, Sequence
 from robustit.atomic import write_atomic
 from robustit.bench import report_figures
 from robustit.bench.grid import GridRun, GridSpec, grid_runs
-from robustit.bench.tables import (ATTACK_COLUMNS, DETECTION_COLUMNS, SEVERAL_SEEDS_NOTE, TASK_COLUMNS, cell, cells, metric,
-                                   run_columns, stored_settings, write_rendered)
+from robustit.bench.tables import (ATTACK_COLUMNS, DETECTION_COLUMNS, REFUSAL_COLUMNS, SEVERAL_SEEDS_NOTE, TASK_COLUMNS, cell,
+                                   cells, metric, run_columns, stored_settings, write_rendered)
 from robustit.config import PACKAGED_CONFIGS
 from robustit.defenses import build_defense
 from robustit.report import markdown_table
@@ -189,13 +191,27 @@ def leaderboard(found: Sequence[Setting]) -> str:
     return markdown_table([row for _, row in sorted(rows, key=lambda pair: pair[0])])
 
 
+def _setting_labels(setting: Setting) -> dict[str, str]:
+    return {"attack": setting.attack if setting.rate else CLEAN, "rate": f"{setting.rate:g}",
+            "defense": setting.variant, "n seeds": str(len(setting.runs))}
+
+
 def detection_table(found: Sequence[Setting]) -> str:
     """A row per setting whose runs have detection metrics, or a note where none has."""
     flagging = [s for s in found if any("detection" in m for m in s.metrics)]
     if not flagging:
         return "No stored run has detection metrics (no data-side defense was run)."
-    return markdown_table([{"attack": s.attack if s.rate else CLEAN, "rate": f"{s.rate:g}", "defense": s.variant,
-                            "n seeds": str(len(s.runs)), **cells(s.metrics, DETECTION_COLUMNS)} for s in flagging])
+    return markdown_table([{**_setting_labels(s), **cells(s.metrics, DETECTION_COLUMNS)} for s in flagging])
+
+
+def refusal_table(found: Sequence[Setting]) -> str:
+    """A row per setting whose runs refused test inputs (a test-time detector), with its ASR
+    after refusal, or a note where none has."""
+    refusing = [s for s in found if any("refusal" in m for m in s.metrics)]
+    if not refusing:
+        return "No stored run has refusals (no test-time detector was run)."
+    asr = next(column for column in ATTACK_COLUMNS if column[0] == "ASR")
+    return markdown_table([{**_setting_labels(s), **cells(s.metrics, (*REFUSAL_COLUMNS, asr))} for s in refusing])
 
 
 def radar_polygons(found: Sequence[Setting], attack: str) -> dict[str, list[float]]:
@@ -328,6 +344,9 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
         detection_table(found),
         "Flagged: training samples the defense flagged; precision and recall (percent) of the flags and the AUROC of "
         "its suspicion score, against the attack's manifest.",
+        refusal_table(found),
+        "Refused trig. and refused clean: percent of the fully triggered and of the clean test inputs the test-time "
+        "detector refused (its detection and false-alarm rates); ASR: after refusal (a refused input is not attacked).",
         "## Figures",
         figures(found, figures_dir, report_dir),
     ])
