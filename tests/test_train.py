@@ -10,7 +10,7 @@ from robustit.eval.generate import generate_responses
 from robustit.models import build_model
 from robustit.train.config import TrainConfig
 from robustit.models.features import FeatureCache
-from robustit.train.loop import train
+from robustit.train.loop import fused_adamw_supported, prepare_tuning, train
 
 from conftest import vocabulary
 
@@ -49,6 +49,12 @@ def test_adapter_only_stage_leaves_embeddings_alone(tiny_model):
     embed = tiny_model.decoder.get_input_embeddings().weight.detach().clone()
     train(tiny_model, shape_samples(), TrainConfig(max_steps=3, batch_size=4, train_embeddings=False), progress=False)
     assert torch.equal(tiny_model.decoder.get_input_embeddings().weight, embed)
+
+
+def test_tuning_optimizer_is_fused_adamw_where_torch_has_the_kernel(tiny_model):
+    _, _, optimizer, _ = prepare_tuning(tiny_model, TrainConfig(batch_size=4), total=10)
+    assert optimizer.optimizer.defaults["fused"] is True
+    assert not fused_adamw_supported(torch.nn.Linear(2, 2, device="meta"))
 
 
 def test_same_seed_same_run(tmp_path):
