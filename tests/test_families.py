@@ -122,6 +122,21 @@ def test_cached_batched_generation_is_greedy_decoding_of_each_prompt_alone(famil
     assert generated == alone and all(alone)
 
 
+def test_rows_that_end_early_leave_the_batch_and_every_row_is_still_its_greedy_decoding_alone(family):
+    model = tiny(family, seed=2)  # a seed whose rows differ in every family
+    eos = model.tokenizer(model.prompt_format.response_suffix, add_special_tokens=False).input_ids[-1]
+    features = model.encode_images(model.pixels([s.image for s in shape_samples()[:3]]))
+    with torch.no_grad():
+        model.lm_head.weight[model.tokenizer.all_special_ids] = 0.0
+        rows = [text.split() for text in model.generate(features, INSTRUCTIONS, max_new_tokens=6)]
+        word = next(w for row in rows for w in row if not all(w in other for other in rows))  # ends some rows only
+        model.lm_head.weight[eos] = 1.05 * model.lm_head.weight[model.tokenizer.convert_tokens_to_ids(word)]
+    generated = model.generate(features, INSTRUCTIONS, max_new_tokens=6)
+    alone = [greedy_without_cache(model, features[i : i + 1], INSTRUCTIONS[i], 6) for i in range(3)]
+    assert generated == alone
+    assert len({len(text.split()) for text in generated}) > 1
+
+
 def test_the_image_reaches_the_loss(family):
     model = tiny(family)
     samples = shape_samples()[:3]

@@ -233,8 +233,10 @@ class VisionLanguageModel(nn.Module):
         max_new_tokens: int = 32,
         demonstration: Demonstration | None = None,
     ) -> list[str]:
-        """Greedy decoding with a KV cache; stops each row at the eos token. A `demonstration`
-        precedes every prompt, its image's visual tokens in its own slots (multi-image families)."""
+        """Greedy decoding with a KV cache; stops each row at the eos token and drops it from the
+        batch (and the cache), so the rows still generating are all that each step computes. A
+        `demonstration` precedes every prompt, its image's visual tokens in its own slots
+        (multi-image families)."""
         visual_tokens = self.visual_tokens(features.to(self.device))
         if demonstration is None:
             batch = self.encode_prompts(instructions)
@@ -252,15 +254,20 @@ class VisionLanguageModel(nn.Module):
         out = self._decode(embeds, attention, positions, visual_tokens, use_cache=True)
         cache, last = out.past_key_values, out.last_hidden_state[:, -1]
         generated: list[torch.Tensor] = []
-        done = torch.zeros(len(instructions), dtype=torch.bool, device=self.device)
+        active = torch.arange(len(instructions), device=self.device)
         next_position = positions[:, -1:] + 1
         for _ in range(max_new_tokens):
             token = self.lm_head(last).argmax(-1)
-            token = torch.where(done, torch.full_like(token, eos), token)
-            generated.append(token)
-            done |= token == eos
-            if bool(done.all()):
+            step = torch.full((len(instructions),), eos, dtype=token.dtype, device=self.device)
+            generated.append(step.index_copy_(0, active, token))
+            going = token != eos
+            if not bool(going.any()):
                 break
+            if not bool(going.all()):
+                keep = going.nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                active, token, attention = active[keep], token[keep], attention[keep]
+                next_position, visual_tokens = next_position[keep], visual_tokens[keep]
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             embeds = self.decoder.get_input_embeddings()(token[:, None])
             out = self._decode(embeds, attention, next_position, visual_tokens, past_key_values=cache, use_cache=True)
