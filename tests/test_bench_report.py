@@ -260,3 +260,16 @@ def test_refusal_table_gives_a_test_time_detectors_detection_and_false_alarm_rat
 
 def test_a_report_without_a_test_time_detector_says_so(rendered):
     assert "No stored run has refusals (no test-time detector was run)." in rendered.read_text()
+
+
+def test_wall_time_sums_the_stored_runs_timings_and_estimates_the_missing_ones_from_them(tmp_path):
+    spec = write_grid(tmp_path, {"name": "timed", "blocks": [
+        {"attacks": ["badnets"], "defenses": ["vanilla"], "poison_rates": [0.1], "seeds": [0, 1]}]})
+    store = ResultStore(tmp_path / "results")
+    stored = record(next(run for run in grid_runs(spec) if run.seed == 0), 90.0, 60.0)
+    stored["metrics"]["timings"] = {"tuning": 3600.0, "evaluation": 1800.0}
+    store.put(stored)
+    out = tmp_path / "benchmark.md"
+    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    assert ("the stored runs took 1.5 h on the machines that made them" in out.read_text()
+            and "would take about 1.5 h more" in out.read_text() and "the whole grid about 3.0 h" in out.read_text())

@@ -245,7 +245,8 @@ def plan(spec: GridSpec, store: ResultStore, shard_of: tuple[int, int] = (0, 1))
     return [dataclasses.replace(run, stored=run.config_hash in store) for run in runs]
 
 
-def _seconds(record: dict[str, Any]) -> float | None:
+def record_seconds(record: dict[str, Any]) -> float | None:
+    """The run's wall time: the sum of its record's stage timings (None if it has none)."""
     timings = record["metrics"].get("timings")
     return float(sum(timings.values())) if isinstance(timings, dict) and timings else None
 
@@ -254,7 +255,7 @@ def estimate_seconds(runs: Sequence[GridRun], store: ResultStore) -> float | Non
     """Expected wall time of the runs not stored, from the store's own timings: per run the
     mean total stage time of the stored records with the same attack and defense, else the
     same defense, else all records. None when the store has no timed record."""
-    timed = [(dotted(r, "attack.name"), dotted(r, "defense.name"), s) for r in store.records() if (s := _seconds(r)) is not None]
+    timed = [(dotted(r, "attack.name"), dotted(r, "defense.name"), s) for r in store.records() if (s := record_seconds(r)) is not None]
     if not timed:
         return None
     total = 0.0

@@ -48,7 +48,7 @@ from typing import Any, Iterable, Sequence
 
 from robustit.atomic import write_atomic
 from robustit.bench import report_figures
-from robustit.bench.grid import GridRun, GridSpec, grid_runs
+from robustit.bench.grid import GridRun, GridSpec, estimate_seconds, grid_runs, plan, record_seconds
 from robustit.bench.tables import (ATTACK_COLUMNS, DETECTION_COLUMNS, REFUSAL_COLUMNS, SEVERAL_SEEDS_NOTE, TASK_COLUMNS, cell,
                                    cells, metric, run_columns, stored_settings, write_rendered)
 from robustit.config import PACKAGED_CONFIGS
@@ -317,6 +317,21 @@ def grid_label(spec: GridSpec) -> str:
     return path.relative_to(Path.cwd()).as_posix() if path.is_relative_to(Path.cwd()) else str(path)
 
 
+def wall_time(spec: GridSpec, store: ResultStore, found: Sequence[Setting]) -> str:
+    """The grid's wall time from the store's timings: the stored runs' (`record_seconds`,
+    summed) and the estimate for the others (`estimate_seconds`)."""
+    done = sum(seconds for s in found for _, record in s.runs if (seconds := record_seconds(record)) is not None)
+    todo = estimate_seconds(plan(spec, store), store) or 0.0
+    return (f"Wall time, from the records' stage timings: the stored runs took {_duration(done)} on the machines "
+            f"that made them (machine and torch threads are in each record); the runs not stored would take about "
+            f"{_duration(todo)} more at the same mean times per attack and defense, the whole grid about "
+            f"{_duration(done + todo)} run one after another.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_dir: Path) -> str:
     """The report's Markdown (figures drawn into `figures_dir` on the way)."""
     found, n_runs, n_stored = grid_settings(spec, store)
@@ -331,6 +346,7 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
         f"Rendered from the result store `{store.root}` alone: {n_stored} of the {n_runs} runs of the {where}.{missing} "
         "ASR, key-word rates, caption metrics and object named are percentages; a row is a setting (the grid's runs of "
         "one attack, defense variant and poison rate), over the seeds stored. " + SEVERAL_SEEDS_NOTE,
+        wall_time(spec, store, found),
         f"## Leaderboard, poison rate {BENCHMARK_RATE:g}",
         leaderboard(found),
         "Per defense variant over the attacks it was run on: mean and worst ASR over the attacks (each the mean over "
