@@ -292,3 +292,13 @@ def test_combinations_run_robustit_repaired_with_its_packaged_settings(combinati
     with resources.as_file(DEFENSE_CONFIGS / f"{combination}.yaml") as file:
         stack = build_defense(load_config(file).defense)
     assert stack.name == "stack" and stack.defenses[0].params == repaired.params
+
+
+def test_robustit_grounded_is_robustit_repaired_without_the_instruction_swap():
+    built = {}
+    for name in ("robustit-repaired", "robustit-grounded"):
+        with resources.as_file(DEFENSE_CONFIGS / f"{name}.yaml") as file:
+            built[name] = build_defense(load_config(file).defense)
+    repaired, grounded = built["robustit-repaired"], built["robustit-grounded"]
+    assert repaired.params["instruction_swap"] == 1.0 and grounded.params["instruction_swap"] == 0.0
+    assert {**grounded.params, "instruction_swap": 1.0} == repaired.params
