@@ -273,3 +273,8 @@ def test_wall_time_sums_the_stored_runs_timings_and_estimates_the_missing_ones_f
     render_report(spec, store, out, tmp_path / "figures", COMMAND)
     assert ("the stored runs took 1.5 h on the machines that made them" in out.read_text()
             and "would take about 1.5 h more" in out.read_text() and "the whole grid about 3.0 h" in out.read_text())
+    last = record(next(run for run in grid_runs(spec) if run.seed == 1), 90.0, 60.0)
+    last["metrics"]["timings"] = {"tuning": 1800.0}
+    store.put(last)
+    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    assert "the stored runs took 2.0 h" in out.read_text() and "would take" not in out.read_text()

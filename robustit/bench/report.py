@@ -321,11 +321,16 @@ def wall_time(spec: GridSpec, store: ResultStore, found: Sequence[Setting]) -> s
     """The grid's wall time from the store's timings: the stored runs' (`record_seconds`,
     summed) and the estimate for the others (`estimate_seconds`)."""
     done = sum(seconds for s in found for _, record in s.runs if (seconds := record_seconds(record)) is not None)
-    todo = estimate_seconds(plan(spec, store), store) or 0.0
-    return (f"Wall time, from the records' stage timings: the stored runs took {_duration(done)} on the machines "
-            f"that made them (machine and torch threads are in each record); the runs not stored would take about "
-            f"{_duration(todo)} more at the same mean times per attack and defense, the whole grid about "
-            f"{_duration(done + todo)} run one after another.")
+    runs = plan(spec, store)
+    stored = (f"Wall time, from the records' stage timings: the stored runs took {_duration(done)} on the machines "
+              "that made them (machine and torch threads are in each record)")
+    if all(run.stored for run in runs):
+        return stored + "."
+    todo = estimate_seconds(runs, store)
+    if todo is None:
+        return stored + "; no record has timings to estimate the runs not stored from."
+    return (f"{stored}; the runs not stored would take about {_duration(todo)} more at the same mean times per attack "
+            f"and defense, the whole grid about {_duration(done + todo)} run one after another.")
 
 
 def _duration(seconds: float) -> str:
