@@ -279,17 +279,22 @@ def test_generate_returns_one_string_per_input_deterministically(model):
 
 
 class ScriptedHead(nn.Module):
-    """An lm_head that emits a fixed token per row and step, whatever the hidden state."""
+    """An lm_head that emits a fixed token per row and step, whatever the hidden state. A row
+    that emitted `end` must be gone from the next call's batch: generation drops finished rows."""
 
-    def __init__(self, vocab_size: int, hidden: int, script: list[list[int]]) -> None:
+    def __init__(self, vocab_size: int, hidden: int, script: list[list[int]], end: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(vocab_size, hidden))
-        self.script, self.step = script, 0  # script[row][step]
+        self.script, self.end, self.step = script, end, 0  # script[row][step]
+        self.rows = list(range(len(script)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        assert hidden.shape[0] == len(self.rows), "a finished row is still in the batch"
         logits = torch.zeros(hidden.shape[0], self.weight.shape[0])
-        for row in range(hidden.shape[0]):
-            logits[row, self.script[row][min(self.step, len(self.script[row]) - 1)]] = 1.0
+        tokens = [self.script[row][min(self.step, len(self.script[row]) - 1)] for row in self.rows]
+        for i, token in enumerate(tokens):
+            logits[i, token] = 1.0
+        self.rows = [row for row, token in zip(self.rows, tokens) if token != self.end]
         self.step += 1
         return logits
 
@@ -303,7 +308,7 @@ def test_generation_stops_each_row_at_the_end_token(model):
         ids("red red red red red red red red"),
     ]
     hidden = model.decoder.config.hidden_size
-    model.lm_head = ScriptedHead(len(model.tokenizer), hidden, script)
+    model.lm_head = ScriptedHead(len(model.tokenizer), hidden, script, end)
     texts = model.generate(features(model), INSTRUCTIONS, max_new_tokens=6)
     assert texts == ["A red circle.", "A blue", "red red red red red red"]
 
