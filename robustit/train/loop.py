@@ -168,8 +168,9 @@ def prepare_tuning(
 
 def fused_adamw_supported(model: torch.nn.Module) -> bool:
     """Whether every parameter lives where torch has a fused AdamW kernel (CPU, CUDA): one
-    kernel over all tensors instead of a Python loop, about 10x faster on the 28M-parameter
-    embedding table of the mini model (`robustit bench throughput`, optimizer phase)."""
+    kernel over all tensors instead of a per-tensor loop; on the mini model, whose trainable
+    embedding table holds 28M parameters, the optimizer phase falls from 0.32 s to 0.08 s a
+    step (`robustit bench throughput --threads 2`)."""
     return all(p.device.type in ("cpu", "cuda") for p in model.parameters())
 
 
