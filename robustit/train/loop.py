@@ -148,9 +148,10 @@ def prepare_tuning(
     """(accelerator, module, optimizer, scheduler) of a tuning of `total` steps: the model made
     trainable as `config` says, AdamW (fused where `fused_adamw_supported`) over its adapter
     group (and embeddings group, and LoRA group at the adapter's learning rate where the model
-    has LoRA layers) and the warmup-cosine schedule, prepared by a fresh Accelerator whose schedule steps once per
-    global batch (`split_batches`) and refuses set-ups other than DDP (`check_set_up`). `module`
-    is the model as prepared: itself in one process, DDP-wrapped across several."""
+    has LoRA layers) and the warmup-cosine schedule, prepared by a fresh Accelerator whose
+    schedule steps once per global batch (`split_batches`) and refuses set-ups other than DDP
+    (`check_set_up`). `module` is the model as prepared: itself in one process, DDP-wrapped
+    across several."""
     set_trainable(model, config.train_embeddings)
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
     check_set_up(accelerator)
