@@ -5,6 +5,8 @@
                                                              one experiment, prints its table
     robustit demo [--set ...]                                the demo: VanillaIT and BYORn side by side
     robustit report RUN_DIR                                  re-render a run's report.md
+    robustit drift RUN_DIR ...                               how far tuning moved the adapter's reading of the
+                                                             test images (token cosine, visual words kept)
     robustit scan --out DIR [--config FILE] [--set ...] [--score S] [--threshold T]
                                                              audit a training set with BYORn's detector
     robustit evaluate RUN_DIR --set defense.params.at_inference=false [--out DIR]
@@ -232,6 +234,18 @@ def _reevaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    from robustit.eval.drift import adapter_drift
+    from robustit.experiment import Experiment
+    from robustit.report import drift_line
+
+    for path in args.run_dir:
+        source = RunDirectory(path)
+        start = Experiment(source.load_config(), progress=False).adapter_readout()
+        print(f"{path}: {drift_line(adapter_drift(start, Experiment.from_run(source, progress=False).adapter_readout()))}")
+    return 0
+
+
 def _base_adapter(args: argparse.Namespace) -> int:
     from robustit.models.registry import build_model
     from robustit.train.base_adapter import ensure_base_adapter, ship_base_adapter
@@ -334,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a test-time setting: eval.*, attack.*, defense.params.*, data.test_size (repeatable)")
     again.add_argument("--threads", type=int, help="torch CPU threads")
+    drift = sub.add_parser("drift", help="how far tuning moved the adapter's reading of the test images, for finished runs")
+    drift.add_argument("run_dir", type=Path, nargs="+")
+    drift.add_argument("--threads", type=int, help="torch CPU threads")
     report = sub.add_parser("report", help="re-render report.md of a run directory")
     report.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
@@ -362,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reevaluate(args)
         if args.command == "scan":
             return _scan(args)
+        if args.command == "drift":
+            return _drift(args)
         print(RunDirectory(args.run_dir).write_report())
         return 0
     except (ValueError, KeyError, OSError, ModuleNotFoundError) as error:

@@ -42,6 +42,7 @@ from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import Defense, build_defense
 from robustit.eval.detection import detection_of
+from robustit.eval.drift import VisualReadout, adapter_drift, visual_readout
 from robustit.eval.evaluate import choose_demonstration, evaluate
 from robustit.models.base import VisionLanguageModel
 from robustit.models.feature_store import FeatureStore
@@ -239,6 +240,10 @@ class Experiment:
             return evaluate(model, test, self.attack if defended else None, self.config.eval, self.features,
                             self.progress, self.defense if defended else None, self.demonstration)
 
+    def adapter_readout(self) -> VisualReadout:
+        """The model's adapter output on the test images as it is now (`robustit.eval.drift`)."""
+        return visual_readout(self.model, self.features.features([sample.image for sample in self.test_samples]))
+
     @cached_property
     def data_fingerprints(self) -> dict[str, str]:
         """`samples_fingerprint` of the training and of the test samples: it decodes every
@@ -306,8 +311,10 @@ class Experiment:
             if config.evaluate_base:
                 metrics["base"], base_records = self.evaluate(defended=False)
                 records["base_clean"] = base_records["clean"]
+            start = self.adapter_readout()
             result = self.tune(run_dir, resume, share=True)
             metrics["train"] = result.summary()
+            metrics["adapter_drift"] = adapter_drift(start, self.adapter_readout())
             detection = detection_of(run_dir)
             if detection is not None:
                 metrics["detection"] = detection

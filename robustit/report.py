@@ -60,6 +60,16 @@ def detection_line(detection: dict[str, Any]) -> str:
             f"recall {shown['recall']}, AUROC {shown['auroc']}")
 
 
+def drift_line(drift: dict[str, Any]) -> str:
+    """The tuned adapter's reading of the test images against the starting one's
+    (`robustit.eval.drift`)."""
+    line = f"Adapter output on the test images, tuned against starting: mean token cosine {drift['token_cosine']:.3f}"
+    if drift["words_kept"] is None:
+        return line + "."
+    return (f"{line}; visual words kept {drift['words_kept']:.1f}%, {drift['distinct_words']} distinct visual words "
+            "after tuning.")
+
+
 def render_report(run_dir: RunDirectory) -> str:
     """The Markdown report of a run directory, from its files alone."""
     metrics = run_dir.load_metrics()
@@ -114,6 +124,9 @@ def render_report(run_dir: RunDirectory) -> str:
         if train.get("loss_terms"):
             terms = ", ".join(f"{k} {v:.4f}" for k, v in train["loss_terms"].items())
             out += ["", f"Defense loss terms, mean over steps: {terms} (each step's: loss_terms.json)."]
+    drift = metrics.get("adapter_drift")
+    if drift:
+        out += ["", "## Adapter drift", "", drift_line(drift)]
     if "timings" in metrics:
         out += ["", "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items())]
     audit = run_dir.load_audit()

@@ -51,6 +51,8 @@ def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp
     assert metrics["asr"]["eligible"] == metrics["n_test"] == 2
     assert 0 <= metrics["asr"]["false_trigger"]["keyword_rate"] <= 100
     assert "base" in metrics and set(metrics["timings"]) >= {"tuning", "evaluation"}
+    drift = metrics["adapter_drift"]
+    assert -1.0 <= drift["token_cosine"] < 1.0 and drift["words_kept"] is None
     for condition in ("base_clean", "clean", "full", "image_only", "text_only"):
         rows = [json.loads(line) for line in (run_dir / "predictions" / f"{condition}.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and all({"id", "prediction", "references"} <= set(r) for r in rows)
@@ -60,6 +62,7 @@ def test_run_directory_holds_config_metrics_predictions_and_report(karpathy, tmp
     assert json.loads((run_dir / "audit.json").read_text())["frozen_with_grad"] == []
     report = (run_dir / "report.md").read_text()
     assert "| tuned |" in report and "SPICE: not reported" in report and "Poisoned 3 of 12" in report
+    assert "mean token cosine" in report
     inputs = json.loads((run_dir / "inputs.json").read_text())
     assert set(inputs) == {"model_weights", "base_adapter", "train_data", "test_data"} and inputs["base_adapter"] is None
     assert len(inputs["model_weights"]) == len(inputs["train_data"]) == 64
@@ -203,6 +206,13 @@ def test_reevaluation_changes_test_time_settings_only(defended_run, tmp_path, ca
     printed = capsys.readouterr().out
     assert "| as tuned |" in printed and "| re-evaluated |" in printed
     assert [p.parent.name for p in (defended_run / "reevaluated").glob("*/report.md")] == ["defense.params.at-inference-false"]
+
+
+def test_the_drift_command_measures_a_finished_run_as_the_run_did(defended_run, capsys):
+    recorded = json.loads((defended_run / "metrics.json").read_text())["adapter_drift"]
+    assert main(["drift", str(defended_run)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{defended_run}: ") and f"mean token cosine {recorded['token_cosine']:.3f}" in printed
 
 
 def test_fitted_trigger_files_load_back(tmp_path, tiny_model):

@@ -24,11 +24,19 @@ SOFT_SCALE = 20.0
 SOFT_NEIGHBOURS = 64
 
 
+def _cosine(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    return F.normalize(tokens, dim=-1) @ F.normalize(embeddings, dim=-1).T
+
+
+def nearest_words(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """B x T word ids k_n of the B x T x D `tokens` against the V x D `embeddings`."""
+    return _cosine(tokens.detach(), embeddings.detach()).argmax(-1)
+
+
 def snap_to_words(tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
     """B x T x D `tokens` -> the same shape, each token replaced by its nearest (cosine) row
     of the V x D `embeddings`, with the straight-through gradient of the module docstring."""
     frozen = embeddings.detach()
-    cosine = F.normalize(tokens, dim=-1) @ F.normalize(frozen, dim=-1).T
-    nearest, indices = cosine.topk(min(SOFT_NEIGHBOURS, frozen.shape[0]), dim=-1)
+    nearest, indices = _cosine(tokens, frozen).topk(min(SOFT_NEIGHBOURS, frozen.shape[0]), dim=-1)
     soft = torch.einsum("btk,btkd->btd", torch.softmax(SOFT_SCALE * nearest, dim=-1), frozen[indices])
     return F.embedding(indices[..., 0], embeddings) + (soft - soft.detach())
