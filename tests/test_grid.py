@@ -218,6 +218,9 @@ def test_attack_columns_from_metrics_alone():
         "key word clean": "2.5", "n": "20", "BLEU_4": "20.0", "METEOR": "18.0", "CIDEr": "-",
         "object named": "-"}
     assert set(attack_columns({}).values()) == {"-"}
+    drifted = attack_columns({**metrics, "adapter_drift": {"token_cosine": 0.3741, "words_kept": 8.44, "distinct_words": 23}})
+    assert drifted["adapter cos"] == "0.374" and drifted["words kept"] == "8.4"
+    assert "adapter cos" not in attack_columns(metrics)
 
 
 def test_grid_tables_render_from_store_records_alone_with_mean_and_std_over_seeds(tmp_path):

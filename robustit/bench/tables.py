@@ -39,6 +39,10 @@ TASK_COLUMNS: dict[str, tuple[tuple[str, tuple[str, ...], int], ...]] = {
                 ("object named", ("objects", "rate"), 1)),
     "vqa": (("VQA acc", ("vqa", "accuracy"), 1),),
 }
+DRIFT_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("adapter cos", ("adapter_drift", "token_cosine"), 3),
+    ("words kept", ("adapter_drift", "words_kept"), 1),
+)
 TUNING_COLUMN = ("tuning s", ("train", "seconds"), 0)
 DETECTION_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("flagged", ("detection", "n_flagged"), 0),
@@ -82,10 +86,12 @@ def cells(metrics_list: Sequence[dict[str, Any]], columns: Sequence[tuple[str, t
 
 
 def run_columns(metrics_list: Sequence[dict[str, Any]], with_tuning: bool, with_detection: bool = False) -> dict[str, str]:
-    """The attack columns, the quality columns of the tasks any of the runs was scored on,
-    tuning seconds (`with_tuning`) and, where a run has detection metrics, the detection
-    and refusal columns (`with_detection`), over the runs' metrics (mean ± std over several)."""
+    """The attack columns, the quality columns of the tasks any of the runs was scored on, the
+    adapter drift columns where a run has them (`robustit.eval.drift`), tuning seconds
+    (`with_tuning`) and, where a run has detection metrics, the detection and refusal columns
+    (`with_detection`), over the runs' metrics (mean ± std over several)."""
     tasks = tuple(column for task, columns in TASK_COLUMNS.items() if any(task in m for m in metrics_list) for column in columns)
+    tasks += DRIFT_COLUMNS if any("adapter_drift" in m for m in metrics_list) else ()
     detection = DETECTION_COLUMNS if with_detection and any("detection" in m for m in metrics_list) else ()
     refusal = REFUSAL_COLUMNS if with_detection and any("refusal" in m for m in metrics_list) else ()
     return cells(metrics_list, ATTACK_COLUMNS + tasks + ((TUNING_COLUMN,) if with_tuning else ()) + detection + refusal)
