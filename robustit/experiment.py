@@ -42,7 +42,7 @@ from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import Defense, build_defense
 from robustit.eval.detection import detection_of
-from robustit.eval.drift import VisualReadout, adapter_drift, visual_readout
+from robustit.eval.drift import DRIFT_IMAGES, VisualReadout, adapter_drift, visual_readout
 from robustit.eval.evaluate import choose_demonstration, evaluate
 from robustit.models.base import VisionLanguageModel
 from robustit.models.feature_store import FeatureStore
@@ -241,8 +241,10 @@ class Experiment:
                             self.progress, self.defense if defended else None, self.demonstration)
 
     def adapter_readout(self) -> VisualReadout:
-        """The model's adapter output on the test images as it is now (`robustit.eval.drift`)."""
-        return visual_readout(self.model, self.features.features([sample.image for sample in self.test_samples]))
+        """The model's adapter output on the first `DRIFT_IMAGES` test images as it is now
+        (`robustit.eval.drift`)."""
+        images = [sample.image for sample in self.test_samples[:DRIFT_IMAGES]]
+        return visual_readout(self.model, self.features.features(images))
 
     @cached_property
     def data_fingerprints(self) -> dict[str, str]:

@@ -215,6 +215,13 @@ def test_the_drift_command_measures_a_finished_run_as_the_run_did(defended_run, 
     assert printed.startswith(f"{defended_run}: ") and f"mean token cosine {recorded['token_cosine']:.3f}" in printed
 
 
+def test_the_drift_readout_covers_at_most_its_cap_of_test_images(karpathy, tmp_path, monkeypatch):
+    monkeypatch.setattr("robustit.experiment.DRIFT_IMAGES", 1)
+    experiment = Experiment(load_config(None, tiny_overrides(karpathy, tmp_path)), progress=False)
+    assert len(experiment.test_samples) == 2
+    assert experiment.adapter_readout().tokens.shape[0] == 1
+
+
 def test_fitted_trigger_files_load_back(tmp_path, tiny_model):
     from test_defenses_base import shape_samples
 

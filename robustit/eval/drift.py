@@ -11,7 +11,8 @@ whatever the LM loss says. Over the test images x_i and the visual tokens n:
     distinct words = number of different visual words psi puts out over all (i, n)
 
 (the last two for models that read visual words, None otherwise), measured on the adapter
-output before snapping.
+output before snapping, over the first `DRIFT_IMAGES` test images (the starting readout is
+held through tuning: B x T x D floats).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 
 from robustit.models.base import VisionLanguageModel
 from robustit.models.visual_words import nearest_words
+
+DRIFT_IMAGES = 200
 
 
 @dataclass(frozen=True)
