@@ -41,7 +41,6 @@ repulsion is weakest on outputs that are exactly invariant; "tv" has a non-vanis
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -51,7 +50,7 @@ from PIL import Image
 
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, View, register_defense
-from robustit.defenses.views import pooled_view, rng_state, run_seed, set_rng_state
+from robustit.defenses.views import ViewPool
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.params import check_choice, check_int, check_number
 
@@ -166,25 +165,16 @@ class CrossView(Defense):
                              f"{self.grid} and share {self.share} (one cell has nowhere to move)")
         if p["seed"] is not None:
             check_int(self.label, "seed", p["seed"], 0)
-        self.seed = 0
-        self._rng = random.Random()
-        self._pool: dict[tuple[str, int], Image.Image] = {}
-        self.image_size: int | None = None
+        self.views = ViewPool("CrossView", self.views_per_image, lambda pixels, generator: patch_view(
+            pixels, generator, self.grid, self.share, self.operation, self.noise)[0])
 
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         """Fix the view size; `seed: null` takes torch's seed, which `train` sets to train.seed."""
-        self.image_size = model.image_size
-        self.seed = run_seed(self.params["seed"])
-        self._rng.seed(self.seed)
-        self._pool.clear()
+        self.views.reset(model.image_size, self.params["seed"])
 
     def view(self, image: Image.Image) -> Image.Image:
         """One of the image's `views_per_image` pooled patch views, at the model's input size."""
-        if self.image_size is None:
-            raise RuntimeError("CrossView.prepare(model, dataset) must run before views are drawn")
-        return pooled_view(self._pool, self._rng, self.seed, self.views_per_image, image, self.image_size,
-                           lambda pixels, generator: patch_view(pixels, generator, self.grid, self.share,
-                                                                self.operation, self.noise)[0])
+        return self.views.view(image)
 
     def augment(self, batch: DefenseBatch) -> list[View]:
         views = dict(batch.views)
@@ -207,8 +197,8 @@ class CrossView(Defense):
         return terms
 
     def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "rng": rng_state(self._rng)}
+        return {**super().training_state(), "rng": self.views.state()}
 
     def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
         super().load_training_state(state, model)
-        set_rng_state(self._rng, state["rng"])
+        self.views.load_state(state["rng"])

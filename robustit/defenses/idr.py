@@ -140,7 +140,7 @@ from PIL import Image
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, DefenseBatch, DefenseConfig, TuningState, View, register_defense
 from robustit.defenses.plausibility import REFERENCE_IMAGES, image_gaps
-from robustit.defenses.views import pooled_view, rng_state, run_seed, set_rng_state
+from robustit.defenses.views import ViewPool
 from robustit.models.base import LMOutput, VisionLanguageModel
 from robustit.params import check_choice, check_int, check_number
 
@@ -377,20 +377,15 @@ class IDR(Defense):
         self.distance = squared_distance if consistency == "absolute" else relative_squared_distance
         if p["seed"] is not None:
             check_int(self.label, "seed", p["seed"], 0)
-        self.seed = 0
-        self._rng = random.Random()
-        self._pool: dict[tuple[str, int], Image.Image] = {}
+        self.views = ViewPool("IDR", self.views_per_image,
+                              lambda pixels, generator: augment_pixels(pixels, generator, **self.visual))
         self._instructions: dict[str, list[str]] = {}
         self._dataset: tuple[Sample, ...] = ()
         self._reference: dict[str, float] = {}
-        self.image_size: int | None = None
 
     def prepare(self, model: VisionLanguageModel, dataset: Sequence[Sample]) -> None:
         """Fix the view size; `seed: null` takes torch's seed, which `train` sets to train.seed."""
-        self.image_size = model.image_size
-        self.seed = run_seed(self.params["seed"])
-        self._rng.seed(self.seed)
-        self._pool.clear()
+        self.views.reset(model.image_size, self.params["seed"])
         self._instructions = {}
         self._dataset = tuple(dataset)
         self._reference = {}
@@ -412,16 +407,13 @@ class IDR(Defense):
     def text_view(self, sample: Sample) -> str:
         """A_t of `sample`'s instruction (steps 1-5 of the module docstring)."""
         instruction = sample.instruction
-        if self.instruction_swap and self._rng.random() < self.instruction_swap:
-            instruction = self._rng.choice(self._instructions.get(sample.task, [instruction]))
-        return augment_text(instruction, self._rng, **self.text)
+        if self.instruction_swap and self.views.rng.random() < self.instruction_swap:
+            instruction = self.views.rng.choice(self._instructions.get(sample.task, [instruction]))
+        return augment_text(instruction, self.views.rng, **self.text)
 
     def visual_view(self, image: Image.Image) -> Image.Image:
         """One of the image's `views_per_image` pooled views, at the model's input size."""
-        if self.image_size is None:
-            raise RuntimeError("IDR.prepare(model, dataset) must run before views are drawn")
-        return pooled_view(self._pool, self._rng, self.seed, self.views_per_image, image, self.image_size,
-                           lambda pixels, generator: augment_pixels(pixels, generator, **self.visual))
+        return self.views.view(image)
 
     def augment(self, batch: DefenseBatch) -> list[View]:
         views = dict(batch.views)
@@ -478,9 +470,9 @@ class IDR(Defense):
         return -((1 - weights) * output.token_loss).sum() / output.token_loss.numel()
 
     def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "rng": rng_state(self._rng), "reference": dict(self._reference)}
+        return {**super().training_state(), "rng": self.views.state(), "reference": dict(self._reference)}
 
     def load_training_state(self, state: dict[str, Any], model: VisionLanguageModel) -> None:
         super().load_training_state(state, model)
-        set_rng_state(self._rng, state["rng"])
+        self.views.load_state(state["rng"])
         self._reference = dict(state.get("reference", {}))

@@ -31,22 +31,41 @@ def view_seed(seed: int, key: str, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{k}".encode()).digest()[:8], "little")
 
 
-def pooled_view(pool: dict[tuple[str, int], Image.Image], rng: random.Random, seed: int, count: int,
-                image: Image.Image, size: int, make: MakeView) -> Image.Image:
-    """One of `image`'s `count` pooled views at `size` x `size`, made (and kept in `pool`) on first use."""
-    key = (image_key(image), rng.randrange(count))
-    if key not in pool:
-        pixels = images_to_tensor([image], size)[0]
-        pool[key] = to_image(make(pixels, torch.Generator().manual_seed(view_seed(seed, *key))))
-    return pool[key]
+class ViewPool:
+    """`count` views per image made by `make` (module docstring), and the defense's random
+    generator `rng`, which picks the view of each step (and whatever else the defense draws)."""
 
+    def __init__(self, owner: str, count: int, make: MakeView) -> None:
+        self.owner = owner
+        self.count = count
+        self.make = make
+        self.rng = random.Random()
+        self.seed = 0
+        self.size: int | None = None
+        self._views: dict[tuple[str, int], Image.Image] = {}
 
-def rng_state(rng: random.Random) -> list[Any]:
-    """`rng`'s state as JSON values (for a defense's training_state)."""
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
+    def reset(self, size: int, seed: int | None) -> None:
+        """Views at `size` x `size`, seeded by `seed` (`run_seed`); views made before are dropped."""
+        self.size = size
+        self.seed = run_seed(seed)
+        self.rng.seed(self.seed)
+        self._views.clear()
 
+    def view(self, image: Image.Image) -> Image.Image:
+        """One of `image`'s `count` views, made on first use."""
+        if self.size is None:
+            raise RuntimeError(f"{self.owner}.prepare(model, dataset) must run before views are drawn")
+        key = (image_key(image), self.rng.randrange(self.count))
+        if key not in self._views:
+            pixels = images_to_tensor([image], self.size)[0]
+            self._views[key] = to_image(self.make(pixels, torch.Generator().manual_seed(view_seed(self.seed, *key))))
+        return self._views[key]
 
-def set_rng_state(rng: random.Random, state: list[Any]) -> None:
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
+    def state(self) -> list[Any]:
+        """`rng`'s state as JSON values (for a defense's training_state)."""
+        version, internal, gauss = self.rng.getstate()
+        return [version, list(internal), gauss]
+
+    def load_state(self, state: list[Any]) -> None:
+        version, internal, gauss = state
+        self.rng.setstate((version, tuple(internal), gauss))
