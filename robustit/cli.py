@@ -241,8 +241,10 @@ def _drift(args: argparse.Namespace) -> int:
 
     for path in args.run_dir:
         source = RunDirectory(path)
-        start = Experiment(source.load_config(), progress=False).adapter_readout()
-        print(f"{path}: {drift_line(adapter_drift(start, Experiment.from_run(source, progress=False).adapter_readout()))}")
+        starting = Experiment(source.load_config(), progress=False)
+        features = starting.drift_features()
+        tuned = Experiment.from_run(source, progress=False).adapter_readout(features)
+        print(f"{path}: {drift_line(adapter_drift(starting.adapter_readout(features), tuned))}")
     return 0
 
 

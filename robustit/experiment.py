@@ -240,11 +240,14 @@ class Experiment:
             return evaluate(model, test, self.attack if defended else None, self.config.eval, self.features,
                             self.progress, self.defense if defended else None, self.demonstration)
 
-    def adapter_readout(self) -> VisualReadout:
-        """The model's adapter output on the first `DRIFT_IMAGES` test images as it is now
-        (`robustit.eval.drift`)."""
-        images = [sample.image for sample in self.test_samples[:DRIFT_IMAGES]]
-        return visual_readout(self.model, self.features.features(images))
+    def drift_features(self) -> torch.Tensor:
+        """The frozen features of the first `DRIFT_IMAGES` test images (`robustit.eval.drift`)."""
+        return self.features.features([sample.image for sample in self.test_samples[:DRIFT_IMAGES]])
+
+    def adapter_readout(self, features: torch.Tensor | None = None) -> VisualReadout:
+        """The model's adapter output, as it is now, on `features` (default `drift_features`;
+        the encoder is frozen, so one experiment's features serve another's on the same data)."""
+        return visual_readout(self.model, self.drift_features() if features is None else features)
 
     @cached_property
     def data_fingerprints(self) -> dict[str, str]:
