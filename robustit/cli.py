@@ -24,8 +24,9 @@
                                                              attacks x defenses x rates x seeds into the store
     robustit bench table --config GRID.yaml --out TABLE.md   a grid's table, from the result store alone
     robustit bench report [--config GRID.yaml] [--out docs/benchmark.md]
-                                                             the benchmark grid's report and its figures (figures/
-                                                             beside it), from the result store alone
+                                                             a grid's report (default the benchmark's) and its
+                                                             figures (figures/<report name>/ beside it), from the
+                                                             result store alone
     robustit bench merge OTHER_STORE ...                     records of other shards / machines into --store
     robustit base-adapter [--rebuild] [--ship]               the demo's base adapter: where it is, rebuild, ship
     robustit activations --run LABEL=RUN_DIR ... --trigger-from RUN_DIR --out PNG
@@ -150,7 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--dry-run lists the runs of bench grid and bench detection; bench {args.suite} has no plan to list")
     if args.suite in ("grid", "table", "report"):
         from robustit.bench.grid import load_grid, parse_shard, run_grid
-        from robustit.bench.report import BENCHMARK_GRID, render_report
+        from robustit.bench.report import BENCHMARK_GRID, figures_folder, render_report
         from robustit.bench.tables import render_grid_table
 
         if args.config is None and args.suite != "report":
@@ -164,8 +165,8 @@ def _bench(args: argparse.Namespace) -> int:
         command = " ".join([f"robustit bench {args.suite}", *([f"--config {args.config}"] if args.config else []),
                             *(f"--set {o}" for o in args.overrides), "--store", str(store.root), "--out", str(out)])
         if args.suite == "report":
-            render_report(spec, store, out, out.parent / "figures", command)
-            print(f"report: {out}\nfigures: {out.parent / 'figures'}")
+            render_report(spec, store, out, command)
+            print(f"report: {out}\nfigures: {figures_folder(out)}")
             return 0
         render_grid_table(spec, store, out, command)
     elif args.suite == "merge":
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"loading: records in the fixture JSON (default {DEFAULT_RECORDS}; the cases that decode "
                             "read a tenth)")
     bench.add_argument("--out", type=Path, help="the table (default runs/bench-<suite or grid name>/table.md); report: the "
-                                                 f"report (default {DEFAULT_REPORT}), its figures in figures/ beside it")
+                                                 f"report (default {DEFAULT_REPORT}), its figures in figures/<report name>/ beside it")
     base = sub.add_parser("base-adapter", help="the base adapter of a config (default: the demo's): find, build or ship it")
     base.add_argument("--config", type=Path, action="append", default=[], help="YAML file layered over the defaults (repeatable)")
     base.add_argument("--rebuild", action="store_true", help="pretrain it again even if shipped or cached")

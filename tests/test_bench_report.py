@@ -86,7 +86,7 @@ def store(tmp_path_factory, grid) -> ResultStore:
 @pytest.fixture(scope="module")
 def rendered(grid, store, tmp_path_factory):
     out = tmp_path_factory.mktemp("docs") / "benchmark.md"
-    render_report(grid, store, out, out.parent / "figures", COMMAND)
+    render_report(grid, store, out, COMMAND)
     return out
 
 
@@ -152,22 +152,22 @@ def test_figures_are_pngs_linked_relative_to_the_report(rendered):
     text = rendered.read_text()
     names = ["radar-badnets.png", "radar-sig.png", "asr-vs-cider.png", "asr-vs-poison-rate.png", "training-curves.png"]
     for name in names:
-        assert f"](figures/{name})" in text
-        assert (rendered.parent / "figures" / name).read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(p.name for p in (rendered.parent / "figures").iterdir()) == sorted(names)
+        assert f"](figures/benchmark/{name})" in text
+        assert (rendered.parent / "figures" / "benchmark" / name).read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in (rendered.parent / "figures" / "benchmark").iterdir()) == sorted(names)
 
 
 def test_rendering_twice_gives_identical_bytes(grid, store, rendered, tmp_path):
-    again = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND)
+    again = render_report(grid, store, tmp_path / "benchmark.md", COMMAND)
     assert again.read_bytes() == rendered.read_bytes()
-    for png in (rendered.parent / "figures").iterdir():
-        assert (tmp_path / "figures" / png.name).read_bytes() == png.read_bytes()
+    for png in (rendered.parent / "figures" / "benchmark").iterdir():
+        assert (tmp_path / "figures" / "benchmark" / png.name).read_bytes() == png.read_bytes()
 
 
 def test_figures_the_store_has_no_data_for_are_skipped_and_named(tmp_path):
     grid, store = write_grid(tmp_path), ResultStore(tmp_path / "results")
     fill(store, grid, {("badnets", 0.0, "vanilla", 0): (0.0, 80.0)})
-    text = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND).read_text()
+    text = render_report(grid, store, tmp_path / "benchmark.md", COMMAND).read_text()
     assert "No radar figure" in text and "No ASR-against-CIDEr figure" in text and "No ASR-against-poison-rate figure" in text
     assert "No training-curve figure" in text
     assert "No run at poison rate 0.1 stored yet." in text and not (tmp_path / "figures").exists()
@@ -181,7 +181,7 @@ def test_only_the_grids_runs_enter_the_report_whatever_else_the_store_holds(grid
         {"attacks": ["badnets"], "defenses": ["vanilla", "byorn"], "poison_rates": [0.1], "seeds": [0]}]})
     fill(crowded, probe, {("badnets", 0.1, "vanilla", 0): (10.0, 5.0), ("badnets", 0.1, "byorn", 0): (80.0, 5.0)})
     assert len(crowded) == len(store) + 2
-    again = render_report(grid, crowded, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND)
+    again = render_report(grid, crowded, tmp_path / "benchmark.md", COMMAND)
     assert again.read_text().replace(str(crowded.root), "STORE") == rendered.read_text().replace(str(store.root), "STORE")
     assert "10 of the 11 runs" in again.read_text()
 
@@ -212,7 +212,7 @@ def test_a_variant_run_on_fewer_attacks_ranks_below_those_run_on_all(tmp_path):
                                                                         "poison_rates": [0.1], "seeds": [0]}]})
     store = ResultStore(tmp_path / "results")
     fill(store, grid, {**RESULTS, ("badnets", 0.1, "aar", 0): (0.0, 90.0)})
-    text = render_report(grid, store, tmp_path / "benchmark.md", tmp_path / "figures", COMMAND).read_text()
+    text = render_report(grid, store, tmp_path / "benchmark.md", COMMAND).read_text()
     rows = table_after(text, "## Leaderboard, poison rate 0.1")
     assert [(row["defense"], row["attacks"]) for row in rows] == [
         ("byorn", "2"), ("robustit:gamma=0.8", "2"), ("VanillaIT", "2"), ("aar", "1")]
@@ -240,7 +240,7 @@ def report_of_vanilla_and_strip(tmp_path, strip_asr: float) -> str:
     store = ResultStore(tmp_path / "results")
     fill(store, spec, {("badnets", 0.1, "vanilla", 0): (90.0, 60.0), ("badnets", 0.1, "strip", 0): (strip_asr, 60.0)})
     out = tmp_path / "benchmark.md"
-    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    render_report(spec, store, out, COMMAND)
     return out.read_text()
 
 
@@ -270,11 +270,11 @@ def test_wall_time_sums_the_stored_runs_timings_and_estimates_the_missing_ones_f
     stored["metrics"]["timings"] = {"tuning": 3600.0, "evaluation": 1800.0}
     store.put(stored)
     out = tmp_path / "benchmark.md"
-    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    render_report(spec, store, out, COMMAND)
     assert ("the stored runs took 1.5 h on the machines that made them" in out.read_text()
             and "would take about 1.5 h more" in out.read_text() and "the whole grid about 3.0 h" in out.read_text())
     last = record(next(run for run in grid_runs(spec) if run.seed == 1), 90.0, 60.0)
     last["metrics"]["timings"] = {"tuning": 1800.0}
     store.put(last)
-    render_report(spec, store, out, tmp_path / "figures", COMMAND)
+    render_report(spec, store, out, COMMAND)
     assert "the stored runs took 2.0 h" in out.read_text() and "would take" not in out.read_text()

@@ -33,8 +33,8 @@ clean group; the others are grouped by attack and poison rate. The report holds
                  training set) and a row per setting with refusals (test-time detectors:
                  refused triggered and clean test inputs, and the ASR after refusal)
     figures      `robustit.bench.report_figures` (the training curves of one run per variant,
-                 `training_curve_runs`, where records hold train.curves), as PNGs in the figures folder linked relative
-                 to the report; a figure the store has no data for is named as skipped
+                 `training_curve_runs`, where records hold train.curves), as PNGs in
+                 `figures_folder` (figures/<report name>/ beside the report) linked relative to it; a figure the store has no data for is named as skipped
 """
 from __future__ import annotations
 
@@ -373,8 +373,14 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
     ])
 
 
-def render_report(spec: GridSpec, store: ResultStore, out: Path, figures_dir: Path, command: str) -> Path:
+def figures_folder(out: Path) -> Path:
+    """Where the figures of the report `out` go: figures/<its file name without .md> beside
+    it, so reports of several grids in one folder keep their own figures."""
+    return Path(out).parent / "figures" / Path(out).stem
+
+
+def render_report(spec: GridSpec, store: ResultStore, out: Path, command: str) -> Path:
     """Write the report of the grid's runs in `store` to `out` (atomically) under a comment
-    naming `command`, the command that redoes it, and its figures to `figures_dir`."""
-    out, figures_dir = Path(out), Path(figures_dir)
-    return write_rendered(out, report_text(spec, store, figures_dir, out.parent), command)
+    naming `command`, the command that redoes it, and its figures to `figures_folder(out)`."""
+    out = Path(out)
+    return write_rendered(out, report_text(spec, store, figures_folder(out), out.parent), command)
