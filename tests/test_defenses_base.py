@@ -302,3 +302,14 @@ def test_robustit_grounded_is_robustit_repaired_without_the_instruction_swap():
     repaired, grounded = built["robustit-repaired"], built["robustit-grounded"]
     assert repaired.params["instruction_swap"] == 1.0 and grounded.params["instruction_swap"] == 0.0
     assert {**grounded.params, "instruction_swap": 1.0} == repaired.params
+
+
+def test_robustit_grounded_aar_is_robustit_grounded_then_aar_at_its_defaults():
+    built = {}
+    for name in ("robustit-grounded", "robustit-grounded-aar", "aar"):
+        with resources.as_file(DEFENSE_CONFIGS / f"{name}.yaml") as file:
+            built[name] = build_defense(load_config(file).defense)
+    both = built["robustit-grounded-aar"]
+    assert [d.name for d in both.defenses] == ["idr", "aar"]
+    assert both.defenses[0].params == built["robustit-grounded"].params
+    assert both.defenses[1].params == built["aar"].params
