@@ -278,3 +278,7 @@ def test_wall_time_sums_the_stored_runs_timings_and_estimates_the_missing_ones_f
     store.put(last)
     render_report(spec, store, out, COMMAND)
     assert "the stored runs took 2.0 h" in out.read_text() and "would take" not in out.read_text()
+
+
+def test_the_report_is_titled_with_its_grids_name(rendered, grid):
+    assert rendered.read_text().splitlines()[2] == f"# Benchmark report: grid {grid.name}"

@@ -342,12 +342,13 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
     found, n_runs, n_stored = grid_settings(spec, store)
     grid = grid_label(spec)
     where = f"grid `{grid}`"
+    title = f"# Benchmark report: grid {spec.name}"
     if not found:
-        return f"# Benchmark\n\nThe result store `{store.root}` holds none of the {n_runs} runs of the {where} yet: nothing to report."
+        return f"{title}\n\nThe result store `{store.root}` holds none of the {n_runs} runs of the {where} yet: nothing to report."
     missing = (f" The runs not stored yet ({n_runs - n_stored}) are listed by `robustit bench grid --config "
                f"{grid} --dry-run`." if n_stored < n_runs else "")
     return "\n\n".join([
-        "# Benchmark",
+        title,
         f"Rendered from the result store `{store.root}` alone: {n_stored} of the {n_runs} runs of the {where}.{missing} "
         "ASR, key-word rates, caption metrics and object named are percentages; a row is a setting (the grid's runs of "
         "one attack, defense variant and poison rate), over the seeds stored. " + SEVERAL_SEEDS_NOTE,
