@@ -49,9 +49,10 @@ process and threads:
     R_matmul = 2 n^3 * repeats / seconds,   n = `MATMUL_SIZE`, `MATMUL_REPEATS` after a warm-up
     R_step   = FLOPs per step / seconds per step,  reported as R_step / R_matmul
 
-Generation: greedy decoding (`generate_responses`, eval.max_new_tokens) of the first `samples`
-test samples in one batch, then one at a time, after one untimed call and with their features
-cached (the encoder is not timed); samples per second of each and
+Generation: greedy decoding (`generate_responses`, eval.max_new_tokens) of the first
+eval.batch_size test samples (one batch of the evaluation) in one batch, then one at a time,
+after one untimed call and with their features cached (the encoder is not timed); samples per
+second of each and
 
     speed-up = (samples/s batched) / (samples/s one at a time),
 
@@ -94,7 +95,6 @@ OTHER = "other"
 WARMUP_STEPS = 2
 MATMUL_SIZE = 2048
 MATMUL_REPEATS = 10
-GENERATION_SAMPLES = 16
 FLOPS_COUNTED_BY = "FlopCounterMode"
 CPU_ATTENTION_FLOPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flop.__wrapped__,
@@ -357,15 +357,12 @@ def _summary(numbers: dict[str, Any]) -> str:
             f"batched generation {generation['speed_up']:.2f}x one at a time")
 
 
-def run_throughput_benchmark(steps: int, overrides: Sequence[str], out: Path,
-                             samples: int = GENERATION_SAMPLES) -> Path:
+def run_throughput_benchmark(steps: int, overrides: Sequence[str], out: Path) -> Path:
     """Time and count VanillaIT's tuning step by phase over `steps` steps, the matmul reference
-    and generation of `samples` test samples; write the tables to `out`, the numbers to
-    `out` with suffix .json, and print a summary."""
+    and generation of one evaluation batch; write the tables to `out`, the numbers to `out`
+    with suffix .json, and print a summary."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
     config = packaged_config(["defenses/vanilla"], ["name=bench-throughput", *overrides])
     experiment = Experiment(config, progress=False)
     tuning = _prepare(experiment)
@@ -376,7 +373,7 @@ def run_throughput_benchmark(steps: int, overrides: Sequence[str], out: Path,
     numbers = {
         **_setting(experiment, steps, encoded),
         **_step_figures(timed, counted, step_seconds, matmul_flops_per_second()),
-        "generation": _generation(tuning.model, experiment.test_samples[:samples], tuning.features,
+        "generation": _generation(tuning.model, experiment.test_samples[:config.eval.batch_size], tuning.features,
                                   config.eval.max_new_tokens),
     }
     write_atomic(out.with_suffix(".json"), json.dumps(numbers, indent=2) + "\n")
