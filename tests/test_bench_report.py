@@ -282,3 +282,24 @@ def test_wall_time_sums_the_stored_runs_timings_and_estimates_the_missing_ones_f
 
 def test_the_report_is_titled_with_its_grids_name(rendered, grid):
     assert rendered.read_text().splitlines()[2] == f"# Benchmark report: grid {grid.name}"
+
+
+def test_blocks_with_other_settings_keep_their_own_rows_and_their_own_vanillait_partner(tmp_path):
+    short = ["attack.target=Banana.", "output_dir=runs/{name}/{attack}-short-target"]
+    spec = write_grid(tmp_path, {"name": "targets", "blocks": [
+        {"attacks": ["badnets"], "defenses": ["vanilla", "byorn"], "poison_rates": [0.1], "seeds": [0]},
+        {"attacks": ["badnets"], "defenses": ["vanilla", "byorn"], "poison_rates": [0.1], "seeds": [0], "overrides": short}]})
+    store = ResultStore(tmp_path / "results")
+    for run in grid_runs(spec):
+        rec = record(run, 80.0 if run.defense == "vanilla" else 0.0, 70.0 if run.setting else 50.0)
+        if run.setting and run.defense == "vanilla":
+            rec["metrics"]["train"]["seconds"] = 50.0
+        store.put(rec)
+    out = tmp_path / "report.md"
+    render_report(spec, store, out, COMMAND)
+    rows = table_after(out.read_text(), "### badnets, poison rate 0.1")
+    assert [(row["defense"], row["n seeds"], row["CIDEr"]) for row in rows] == [
+        ("VanillaIT", "1", "50.0"), ("byorn", "1", "50.0"),
+        ("VanillaIT [attack.target=Banana.]", "1", "70.0"), ("byorn [attack.target=Banana.]", "1", "70.0")]
+    overhead = {row["defense"]: row["overhead"] for row in table_after(out.read_text(), "## Leaderboard, poison rate 0.1")}
+    assert overhead["byorn"] == "1.50" and overhead["byorn [attack.target=Banana.]"] == "3.00"

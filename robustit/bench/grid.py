@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
-from robustit.config import ExperimentConfig, check_packaged_layer, known_components, packaged_config
+from robustit.config import RESULT_NEUTRAL_FIELDS, ExperimentConfig, check_packaged_layer, known_components, packaged_config
 from robustit.store import ResultStore, dotted
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,18 @@ class GridRun:
     poison_rate: float | None
     seed: int
     stored: bool = False
+    setting: tuple[str, ...] = ()
+
+    @property
+    def variant(self) -> str:
+        """The defense variant as the grid spells it, followed by `setting`, the overrides of
+        its block that change the outcome (`RESULT_NEUTRAL_FIELDS` left out), where it has any:
+        a block's runs never share a row with another block's runs of other settings."""
+        return f"{self.defense} [{'; '.join(self.setting)}]" if self.setting else self.defense
 
     @property
     def label(self) -> str:
-        return f"{self.attack}, {self.defense}, rate {self.poison_rate}, seed {self.seed} ({self.config_hash[:16]})"
+        return f"{self.attack}, {self.variant}, rate {self.poison_rate}, seed {self.seed} ({self.config_hash[:16]})"
 
 
 def _strings(where: str, value: Any, required: bool) -> tuple[str, ...]:
@@ -184,6 +192,11 @@ def load_grid(path: str | Path) -> GridSpec:
     )
 
 
+def outcome_overrides(overrides: Sequence[str]) -> tuple[str, ...]:
+    """The `overrides` (key=value) whose key is not one of `RESULT_NEUTRAL_FIELDS`."""
+    return tuple(o for o in overrides if o.partition("=")[0].strip() not in RESULT_NEUTRAL_FIELDS)
+
+
 def grid_runs(spec: GridSpec) -> list[GridRun]:
     """Every run of the grid once (the first listing of a config hash wins), in the order of
     the grid file: block, attack, defense, rate, seed."""
@@ -206,7 +219,7 @@ def grid_runs(spec: GridSpec) -> list[GridRun]:
                             raise ValueError(f"{where}blocks[{b}] (attack {attack!r}, defense {defense!r}): {error}") from error
                         if key not in runs:
                             runs[key] = GridRun(config, key, attack, defense, config.attack.poison_rate if config.attack else None,
-                                                config.train.seed)
+                                                config.train.seed, setting=outcome_overrides(block.overrides))
     places: dict[Path, GridRun] = {}
     for run in runs.values():
         other = places.setdefault(run.config.run_dir(), run)
@@ -278,7 +291,7 @@ def estimate_seconds(runs: Sequence[GridRun], store: ResultStore) -> float | Non
 def describe_plan(runs: Sequence[GridRun], store: ResultStore, shard_of: tuple[int, int] = (0, 1)) -> str:
     """The dry-run listing: one line per run, then the counts and the time estimate."""
     lines = [
-        f"{run.attack:<10} {run.defense:<24} rate {run.poison_rate!s:<5} seed {run.seed:<3} "
+        f"{run.attack:<10} {run.variant:<24} rate {run.poison_rate!s:<5} seed {run.seed:<3} "
         f"{run.config_hash[:16]}  {'stored' if run.stored else 'to run'}"
         for run in runs
     ]

@@ -6,7 +6,8 @@ alone (`robustit.store`; no run directory is read) for the runs of one grid, the
 
 Only the grid's runs enter (a probe or an older setting in the store never does). A setting is
 the grid's runs of one attack, defense variant (as the grid spells it: vanilla, byorn,
-byorn:replace=drop, ...) and poison rate, over its seeds; it is one row of a table, with mean ±
+byorn:replace=drop, ..., followed by its block's overrides where they change the outcome:
+`GridRun.variant`) and poison rate, over its seeds; it is one row of a table, with mean ±
 sample std over the seeds stored (`robustit.bench.tables.cell`). Runs at poison rate 0 form the
 clean group; the others are grouped by attack and poison rate. The report holds
 
@@ -17,7 +18,7 @@ clean group; the others are grouped by attack and poison rate. The report holds
                      clean-data CIDEr               mean CIDEr of v's runs in the clean group
                      overhead = sum_p T_v(p) / sum_p T_vanilla(p), T = train.seconds, over
                                 the pairs p of a run of v and VanillaIT's run of the same
-                                attack, rate and seed; a run of a test-time-only defense
+                                attack, rate, seed and block overrides; a run of a test-time-only defense
                                 (`robustit.train.shared.shares_tuning`) counts T_vanilla(p):
                                 its tuning is VanillaIT's, whatever that tuning's seconds were
                      test-time overhead = the same ratio of timings.evaluation (the
@@ -65,6 +66,7 @@ PATHS = {title: path for title, path, _ in (*ATTACK_COLUMNS, *TASK_COLUMNS["capt
 RADAR_METRICS = ("BLEU_4", "METEOR", "CIDEr", "object named", "ASR")
 
 Group = tuple[str, float | None]
+VanillaKey = tuple[str, float, int, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,10 @@ class Setting:
 
 
 def shown(variant: str) -> str:
-    """The grid's defense variant as the report names it: VanillaIT for vanilla, the grid's spelling otherwise."""
-    return VANILLA if variant == "vanilla" else variant
+    """The grid's defense variant (`GridRun.variant`) as the report names it: VanillaIT for
+    vanilla, the grid's spelling otherwise."""
+    defense, _, setting = variant.partition(" ")
+    return f"{VANILLA} {setting}".strip() if defense == "vanilla" else variant
 
 
 def run_rate(run: GridRun) -> float:
@@ -128,11 +132,11 @@ def attack_tables(found: Sequence[Setting]) -> str:
     return "\n\n".join(sections)
 
 
-def _overhead(runs: Sequence[tuple[GridRun, dict[str, Any]]], vanilla: dict[tuple[str, float, int], dict[str, Any]],
+def _overhead(runs: Sequence[tuple[GridRun, dict[str, Any]]], vanilla: dict[VanillaKey, dict[str, Any]],
               seconds: Sequence[str], shared_counts_as_vanilla: bool = False) -> float | None:
     pairs = []
     for run, record in runs:
-        partner = vanilla.get((run.attack, run_rate(run), run.seed))
+        partner = vanilla.get((run.attack, run_rate(run), run.seed, run.setting))
         if partner is None:
             continue
         theirs = metric(partner["metrics"], seconds)
@@ -152,7 +156,7 @@ def extra_passes_per_step(metrics_list: Iterable[dict[str, Any]]) -> float | Non
 
 
 def _leaderboard_row(variant: str, at_rate: Sequence[Setting], clean: Sequence[Setting],
-                     vanilla: dict[tuple[str, float, int], dict[str, Any]]) -> tuple[tuple[Any, ...], dict[str, str]]:
+                     vanilla: dict[VanillaKey, dict[str, Any]]) -> tuple[tuple[Any, ...], dict[str, str]]:
     """The variant's leaderboard row and its sort key."""
     by_attack: dict[str, list[dict[str, Any]]] = {}
     for s in at_rate:
@@ -183,8 +187,8 @@ def leaderboard(found: Sequence[Setting]) -> str:
     at_rate = [s for s in found if s.group[1] == BENCHMARK_RATE]
     if not at_rate:
         return f"No run at poison rate {BENCHMARK_RATE:g} stored yet."
-    vanilla = {(run.attack, run_rate(run), run.seed): record
-               for s in at_rate if s.variant == VANILLA for run, record in s.runs}
+    vanilla = {(run.attack, run_rate(run), run.seed, run.setting): record
+               for s in at_rate for run, record in s.runs if run.defense == "vanilla"}
     rows = [_leaderboard_row(variant, [s for s in at_rate if s.variant == variant],
                              [s for s in found if s.group[0] == CLEAN and s.variant == variant], vanilla)
             for variant in dict.fromkeys(s.variant for s in at_rate)]

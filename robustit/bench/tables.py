@@ -108,13 +108,13 @@ def detection_columns(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def stored_settings(runs: Sequence[GridRun], store: ResultStore) -> dict[tuple[str, str, float | None], list[tuple[GridRun, dict[str, Any]]]]:
-    """The runs the store holds with their records, grouped by (attack, defense variant,
-    listed poison rate) over seeds, in the runs' order."""
+    """The runs the store holds with their records, grouped by (attack, defense variant with
+    its block's setting (`GridRun.variant`), listed poison rate) over seeds, in the runs' order."""
     groups: dict[tuple[str, str, float | None], list[tuple[GridRun, dict[str, Any]]]] = {}
     for run in runs:
         record = store.get(run.config_hash)
         if record is not None:
-            groups.setdefault((run.attack, run.defense, run.poison_rate), []).append((run, record))
+            groups.setdefault((run.attack, run.variant, run.poison_rate), []).append((run, record))
     return groups
 
 
