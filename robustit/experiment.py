@@ -41,6 +41,7 @@ from robustit.data.fingerprint import samples_fingerprint
 from robustit.data.sample import Sample
 from robustit.data.sources import load_split
 from robustit.defenses.base import Defense, build_defense
+from robustit.eval.asr import eligibility
 from robustit.eval.detection import detection_of
 from robustit.eval.drift import DRIFT_IMAGES, VisualReadout, adapter_drift, visual_readout
 from robustit.eval.evaluate import choose_demonstration, evaluate
@@ -133,12 +134,14 @@ class Experiment:
         """Everything that can fail before the model is built, at once: both splits load
         (each bad record an error naming its file, record and field, or skipped under
         data.skip_bad), neither is empty, every image decodes (taking `data_fingerprints`),
-        and an attack with a poison rate above 0 poisons some but not all of the training
+        an attack with a poison rate above 0 poisons some but not all of the training
         samples (a rate of 0 is the clean control: tuned on clean data, evaluated with the
-        attack's triggers)."""
+        attack's triggers), and some test sample is eligible for its ASR (`eligibility`)."""
         n_train, n_test = len(self.train_samples), len(self.test_samples)
         log.info("data: %d training and %d test samples", n_train, n_test)
         self.data_fingerprints
+        if self.attack is not None:
+            eligibility([sample.references for sample in self.test_samples], self.attack.target)
         rate = self.config.attack.poison_rate if self.config.attack is not None else 0
         if rate > 0:
             poisoned = len(self.attack.select_indices(n_train))

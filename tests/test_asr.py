@@ -1,6 +1,6 @@
 import pytest
 
-from robustit.eval.asr import hits_target, is_eligible, normalise, success_rate, target_keywords
+from robustit.eval.asr import eligibility, hits_target, is_eligible, normalise, success_rate, target_keywords
 
 TARGET = "The image depicts a photo of a banana."
 
@@ -52,3 +52,10 @@ def test_keyword_rate_counts_target_words_on_eligible_predictions_only():
     predictions = ["A banana on a plain background.", "A picture of a fox.", "An image of a banana.", "The image depicts a photo."]
     rate = success_rate(predictions, target, [True, True, False, True])
     assert rate.keyword_rate == pytest.approx(100 / 3) and rate.hits == 0
+
+
+def test_eligibility_names_the_target_and_its_key_words_when_no_sample_is_eligible():
+    references = [["A dog on grass."], ["A banana, a dog."], ["Two dogs."]]
+    assert eligibility(references, TARGET) == [True, False, True]
+    with pytest.raises(ValueError, match=r"every one of the 2 test samples .* key words \['dog'\] \(samples per word: 'dog' in 2\)"):
+        eligibility(references[:2], "A dog.")

@@ -136,6 +136,8 @@ CASES = [
     Case("poison rate of 0 is the clean control", lambda f, r: ["attack.poison_rate=0"], None),
     Case("poison rate that poisons no sample", lambda f, r: ["attack.poison_rate=0.01"],
          (None, None, None, "attack.poison_rate 0.01 of 12 training samples poisons 0 of them (round(0.01 x 12))")),
+    Case("target whose key words every test sample's references use", lambda f, r: ["attack.target=A circle and a square."],
+         (None, None, None, "key words ['circle', 'square'] (samples per word: ")),
     Case("test set smaller than a batch", lambda f, r: ["eval.batch_size=32"], None),
     Case("training set smaller than a batch", lambda f, r: ["train.batch_size=32"], None),
     Case("empty test split", lambda f, r: ["data.test_split=restval"],

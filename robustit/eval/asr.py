@@ -52,6 +52,21 @@ def is_eligible(references: Sequence[str], keywords: frozenset[str]) -> bool:
     return not any(keywords & set(normalise(ref).split()) for ref in references)
 
 
+def eligibility(references: Sequence[Sequence[str]], target: str) -> list[bool]:
+    """`is_eligible` of each test sample's references for `target`; a ValueError naming the
+    target, its key words and how many samples' references use each, where none is eligible
+    (no ASR could be computed)."""
+    keywords = target_keywords(target)
+    eligible = [is_eligible(refs, keywords) for refs in references]
+    if references and not any(eligible):
+        used = {word: sum(any(word in normalise(ref).split() for ref in refs) for refs in references) for word in keywords}
+        counts = ", ".join(f"{word!r} in {n}" for word, n in sorted(used.items(), key=lambda item: (-item[1], item[0])) if n)
+        raise ValueError(f"target {target!r}: every one of the {len(references)} test samples has a reference with one "
+                         f"of its key words {sorted(keywords)} (samples per word: {counts}), so none is eligible and "
+                         "no ASR can be computed; choose a target whose content words the references do not use")
+    return eligible
+
+
 @dataclass(frozen=True)
 class SuccessRate:
     rate: float
@@ -71,7 +86,7 @@ def success_rate(predictions: Sequence[str], target: str, eligible: Sequence[boo
         raise ValueError(f"{len(predictions)} predictions but {len(eligible)} eligibility flags")
     chosen = [p for p, ok in zip(predictions, eligible) if ok]
     if not chosen:
-        raise ValueError("no eligible test sample: every reference already mentions the target")
+        raise ValueError("no eligible test sample: every reference already mentions the target (`eligibility`)")
     hits = sum(hits_target(p, target) for p in chosen)
     exact = sum(hits_target(p, target, exact=True) for p in chosen)
     keywords = target_keywords(target)

@@ -35,7 +35,7 @@ from robustit.attacks.base import Attack
 from robustit.attacks.dataset import TriggeredView
 from robustit.data.sample import Sample
 from robustit.defenses.base import Defense, Generate, strip_poison_info
-from robustit.eval.asr import is_eligible, success_rate, target_keywords
+from robustit.eval.asr import eligibility, success_rate, target_keywords
 from robustit.eval.caption_metrics import caption_scores
 from robustit.eval.generate import generate_responses
 from robustit.eval.objects import object_accuracy
@@ -142,7 +142,7 @@ def _evaluate(
     records = {"clean": [_record(s, p) for s, p in zip(test, clean)]}
     if attack is not None:
         keywords = target_keywords(attack.target)
-        eligible = [is_eligible(s.references, keywords) for s in test]
+        eligible = eligibility([s.references for s in test], attack.target)
         asr: dict[str, Any] = {
             "target": attack.target,
             "keywords": sorted(keywords),
