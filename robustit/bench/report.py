@@ -35,7 +35,8 @@ clean group; the others are grouped by attack and poison rate. The report holds
                  refused triggered and clean test inputs, and the ASR after refusal)
     figures      `robustit.bench.report_figures` (the training curves of one run per variant,
                  `training_curve_runs`, where records hold train.curves), as PNGs in
-                 `figures_folder` (figures/<report name>/ beside the report) linked relative to it; a figure the store has no data for is named as skipped
+                 `figures_folder` (figures/<report name>/ beside the report) linked relative
+                 to it; a figure the store has no data for is named as skipped
 """
 from __future__ import annotations
 
@@ -84,11 +85,10 @@ class Setting:
         return [record["metrics"] for _, record in self.runs]
 
 
-def shown(variant: str) -> str:
-    """The grid's defense variant (`GridRun.variant`) as the report names it: VanillaIT for
-    vanilla, the grid's spelling otherwise."""
-    defense, _, setting = variant.partition(" ")
-    return f"{VANILLA} {setting}".strip() if defense == "vanilla" else variant
+def shown(run: GridRun) -> str:
+    """The run's defense variant (`GridRun.variant`) as the report names it: VanillaIT in place
+    of vanilla, the grid's spelling otherwise."""
+    return VANILLA + run.variant[len(run.defense):] if run.defense == "vanilla" else run.variant
 
 
 def run_rate(run: GridRun) -> float:
@@ -106,8 +106,8 @@ def grid_settings(spec: GridSpec, store: ResultStore) -> tuple[list[Setting], in
     then by attack and rate, VanillaIT first, then in grid order; and the numbers of the grid's
     runs and of those stored."""
     runs = grid_runs(spec)
-    out = [Setting(attack_group(members[0][0]), attack, shown(variant), run_rate(members[0][0]), tuple(members))
-           for (attack, variant, _), members in stored_settings(runs, store).items()]
+    out = [Setting(attack_group(members[0][0]), attack, shown(members[0][0]), run_rate(members[0][0]), tuple(members))
+           for (attack, _, _), members in stored_settings(runs, store).items()]
     out.sort(key=lambda s: (s.group[0] != CLEAN, s.group[0], s.group[1] or 0.0, s.variant != VANILLA))
     return out, len(runs), sum(len(s.runs) for s in out)
 
