@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from torch import nn
 
 from robustit.rundir import RunDirectory
 from robustit.attacks import Attack, AttackConfig, PoisonedDataset, TriggeredView, build_attack
+from robustit.bench.grid import variant_config
 from robustit.config import load_config
 from robustit.data.sample import Sample
 from robustit.defenses import (
@@ -273,6 +275,29 @@ def test_a_stack_runs_the_members_its_config_names_with_their_full_settings():
     assert (idr.name, idr.alpha, aar.name) == ("idr", 0.5, "aar")
     assert stack.params["members"] == [{"name": "idr", "params": idr.params}, {"name": "aar", "params": aar.params}]
     assert aar.params["gamma"] == 0.5
+
+
+def test_a_stack_param_named_after_a_member_sets_that_members_params_and_hashes_as_if_written_there():
+    variant = variant_config("robustit-grounded-aar:aar.gamma=0.3", "badnets", [])
+    default = variant_config("robustit-grounded-aar", "badnets", [])
+    stack = build_defense(variant.defense)
+    assert stack.defenses[1].gamma == 0.3 and stack.defenses[1].beta == 0.9
+    assert stack.defenses[0].params == build_defense(default.defense).defenses[0].params
+    members = build_defense(default.defense).params["members"]
+    members[1]["params"]["gamma"] = 0.3
+    written = dataclasses.replace(default, defense=DefenseConfig("stack", {"members": members}), name=variant.name)
+    assert variant.config_hash() == written.config_hash() != default.config_hash()
+    assert variant_config("robustit-grounded-aar:aar.gamma=0.5", "badnets", []).config_hash() == default.config_hash()
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"members": [{"name": "aar"}], "aar": 0.3}, "aar"),
+    ({"members": [{"name": "aar"}], "aar": {"gama": 0.3}}, "gama"),
+    ({"members": [{"name": "aar"}], "idr": {"alpha": 1.0}}, "idr"),
+])
+def test_a_bad_member_setting_names_it(params, field):
+    with pytest.raises(ValueError, match=field):
+        build_defense(DefenseConfig("stack", params))
 
 
 @pytest.mark.parametrize("members, field", [

@@ -166,13 +166,17 @@ class Stack(Composite):
     """The defenses `members` lists, each {"name": a registered defense, "params": its
     settings}, run in order as a `Composite` (e.g. RobustIT repaired while tuning, then prompt
     filtering at test time). Its params list each member with every parameter completed by
-    the member's defaults, so the config hash follows each member's full settings."""
+    the member's defaults, so the config hash follows each member's full settings.
+
+    A param named after a member sets that member's params over the list's: {"aar": {"gamma":
+    0.3}} (a variant "robustit-grounded-aar:aar.gamma=0.3") is the same defense, and hash, as
+    the list with gamma 0.3 written in the aar member."""
 
     name = "stack"
     defaults = {"members": []}
 
     def __init__(self, config: DefenseConfig) -> None:
-        Defense.__init__(self, config)
+        Defense.__init__(self, DefenseConfig(config.name, with_member_settings(config.params)))
         members = self.params["members"]
         if not isinstance(members, list) or not members:
             raise FieldError("members", f"must be a non-empty list of {{name, params}}, got {members!r}", self.label)
@@ -187,3 +191,22 @@ class Stack(Composite):
             raise FieldError(f"members[{index}]", f"names {member['name']!r} twice (state and terms are kept by "
                              "member name)", self.label)
         return build_defense(DefenseConfig(member["name"], member.get("params", {})))
+
+
+def with_member_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """Stack `params` with each key other than "members" that names a listed member (a dict of
+    settings) merged into that member's params."""
+    members = params.get("members")
+    if not isinstance(members, list):
+        return params
+    named = {member.get("name"): i for i, member in enumerate(members) if isinstance(member, dict)}
+    settings = {key: value for key, value in params.items() if key in named}
+    for key, value in settings.items():
+        if not isinstance(value, dict):
+            raise FieldError(key, f"must be a dict of member {key!r}'s settings, got {value!r}", "defense 'stack'")
+    members = [
+        {**member, "params": {**member.get("params", {}), **settings[member["name"]]}}
+        if isinstance(member, dict) and member.get("name") in settings else member
+        for member in members
+    ]
+    return {**{k: v for k, v in params.items() if k not in settings}, "members": members}
