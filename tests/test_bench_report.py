@@ -3,7 +3,8 @@ import yaml
 
 from robustit.bench.grid import GridRun, grid_runs, load_grid
 from robustit.bench.report import render_report
-from robustit.bench.report_figures import pareto_front
+from robustit.bench import report_figures
+from robustit.bench.report_figures import palette, pareto_front
 from robustit.cli import main
 from robustit.store import ResultStore, make_record
 
@@ -155,6 +156,28 @@ def test_figures_are_pngs_linked_relative_to_the_report(rendered):
         assert f"](figures/benchmark/{name})" in text
         assert (rendered.parent / "figures" / "benchmark" / name).read_bytes().startswith(PNG_SIGNATURE)
     assert sorted(p.name for p in (rendered.parent / "figures" / "benchmark").iterdir()) == sorted(names)
+
+
+def test_figures_draw_each_defense_as_configured_and_leave_its_variants_to_the_tables(grid, store, tmp_path, monkeypatch):
+    drawn: dict[str, set] = {}
+
+    def record_drawn(name):
+        def draw(*args):
+            drawn[name] = drawn.get(name, set()) | {key if isinstance(key, str) else key[0] for key in args[-2]}
+            return PNG_SIGNATURE
+        return draw
+    monkeypatch.setattr(report_figures, "radar_figure", record_drawn("radar"))
+    monkeypatch.setattr(report_figures, "asr_cider_figure", record_drawn("asr-cider"))
+    text = render_report(grid, store, tmp_path / "benchmark.md", COMMAND).read_text()
+    assert drawn == {"radar": {"VanillaIT", "byorn"}, "asr-cider": {"VanillaIT", "byorn"}}
+    assert "| robustit:gamma=0.8 |" in text
+
+
+@pytest.mark.parametrize("count", [3, 10, 11, 20, 25])
+def test_every_variant_gets_a_colour_of_its_own(count):
+    variants = [f"defense-{k}" for k in range(count)]
+    colours = palette(variants)
+    assert list(colours) == variants and len(set(colours.values())) == count
 
 
 def test_rendering_twice_gives_identical_bytes(grid, store, rendered, tmp_path):

@@ -104,6 +104,12 @@ class GridRun:
         return f"{self.defense} [{'; '.join(self.setting)}]" if self.setting else self.defense
 
     @property
+    def as_configured(self) -> bool:
+        """Whether the run is its defense as the defense's config gives it: no parameter set in
+        the grid's spelling ("name:key=value") and no outcome-changing block override."""
+        return ":" not in self.defense and not self.setting
+
+    @property
     def label(self) -> str:
         return f"{self.attack}, {self.variant}, rate {self.poison_rate}, seed {self.seed} ({self.config_hash[:16]})"
 

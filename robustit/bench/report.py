@@ -84,6 +84,11 @@ class Setting:
     def metrics(self) -> list[dict[str, Any]]:
         return [record["metrics"] for _, record in self.runs]
 
+    @property
+    def as_configured(self) -> bool:
+        """Whether the setting is its defense as configured (`GridRun.as_configured`)."""
+        return self.runs[0][0].as_configured
+
 
 def shown(run: GridRun) -> str:
     """The run's defense variant (`GridRun.variant`) as the report names it: VanillaIT in place
@@ -286,8 +291,10 @@ def _figure(png: bytes, name: str, title: str, figures_dir: Path, report_dir: Pa
 
 
 def figures(found: Sequence[Setting], figures_dir: Path, report_dir: Path) -> str:
-    """Draw the figures the store has data for into `figures_dir`; their Markdown (links
-    relative to `report_dir`) and a line per figure skipped."""
+    """Draw the figures the store has data for into `figures_dir`, one polygon, point set or
+    line per defense as configured (variants with other settings are in the tables only); their
+    Markdown (links relative to `report_dir`) and a line per figure skipped."""
+    found = [s for s in found if s.as_configured]
     colours = report_figures.palette(sorted({s.variant for s in found}, key=lambda v: (v != VANILLA, v)))
     out = []
     attacks = sorted({s.group[0] for s in found if s.group[1] == BENCHMARK_RATE})
@@ -374,6 +381,8 @@ def report_text(spec: GridSpec, store: ResultStore, figures_dir: Path, report_di
         "Refused trig. and refused clean: percent of the fully triggered and of the clean test inputs the test-time "
         "detector refused (its detection and false-alarm rates); ASR: after refusal (a refused input is not attacked).",
         "## Figures",
+        "Each defense as its config gives it; variants with other parameters or settings (\"name:key=value\", "
+        "\"name [override]\") are in the tables above only.",
         figures(found, figures_dir, report_dir),
     ])
 

@@ -35,8 +35,16 @@ def _png(figure: Figure) -> bytes:
 
 
 def palette(variants: Sequence[str]) -> dict[str, str]:
-    """A colour per variant, in order (one variant keeps its colour across the figures)."""
-    return {variant: f"C{i % 10}" for i, variant in enumerate(variants)}
+    """A distinct colour per variant, in order (one variant keeps its colour across the
+    figures): matplotlib's ten default colours where they suffice, else evenly spaced colours
+    of the tab20 map (up to 20) or the turbo map."""
+    if len(variants) <= 10:
+        return {variant: f"C{i}" for i, variant in enumerate(variants)}
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    colours = (colormaps["tab20"].colors if len(variants) <= 20
+               else [colormaps["turbo"](k / (len(variants) - 1)) for k in range(len(variants))])
+    return {variant: to_hex(colour) for variant, colour in zip(variants, colours)}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
