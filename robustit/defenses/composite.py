@@ -199,7 +199,7 @@ def with_member_settings(params: dict[str, Any]) -> dict[str, Any]:
     members = params.get("members")
     if not isinstance(members, list):
         return params
-    named = {member.get("name"): i for i, member in enumerate(members) if isinstance(member, dict)}
+    named = {member.get("name") for member in members if isinstance(member, dict)}
     settings = {key: value for key, value in params.items() if key in named}
     for key, value in settings.items():
         if not isinstance(value, dict):
